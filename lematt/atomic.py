@@ -1,0 +1,74 @@
+"""Atomic file primitives shared by the store and the drop-dir challenge solver.
+
+Contract: a file written with ``write_atomic`` is either absent/old or complete/new for every
+reader, also after a crash: the bytes go to a temp file in the same directory (so the rename
+cannot cross file systems), created with its final mode from the first byte (a private key is
+never world-readable, not even for a moment), fsynced, then renamed over the target, and the
+directory is fsynced so the rename itself survives a power cut.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+
+TEMP_MARK = ".lematt-tmp-"
+
+
+def temp_name(target: Path) -> Path:
+    """A fresh hidden name next to ``target`` that recovery can recognise as ours."""
+    return target.with_name(f".{target.name}{TEMP_MARK}{secrets.token_hex(4)}")
+
+
+def write_temp(target: Path, data: bytes, mode: int) -> Path:
+    """Write ``data`` to a new temp file beside ``target`` (mode set at creation), fsync it."""
+    tmp = temp_name(target)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        # The umask may have cleared bits we asked for (0644 under umask 027): set them exactly.
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    os.close(fd)
+    return tmp
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(target: Path, data: bytes, mode: int = 0o644) -> None:
+    tmp = write_temp(target, data, mode)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(target.parent)
+
+
+def symlink_atomic(target: Path, points_to: str) -> None:
+    """Make ``target`` a symlink to ``points_to`` (relative), replacing an old link atomically."""
+    tmp = temp_name(target)
+    os.symlink(points_to, tmp)
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

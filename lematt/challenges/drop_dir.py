@@ -1,0 +1,47 @@
+"""http-01 by files in ``challengeDropDir``, served by the user's own web server.
+
+Contract: the key authorization is written atomically as ``<dir>/<token>`` (mode 0644, so a
+web server running as another user can read it) and removed on exit under a shielded scope,
+also when the order fails or the run is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+
+from lematt.atomic import write_atomic
+from lematt.challenges import check_token
+from lematt.errors import ChallengeError
+
+
+class DropDirSolver:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def prepare(self) -> None:
+        """Create the drop dir if needed; a clear error if it cannot be used."""
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ChallengeError(
+                f"challengeDropDir {self.directory} cannot be created: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def present(self, identifier: str, token: str, key_authorization: str
+                      ) -> AsyncIterator[None]:
+        path = self.directory / check_token(token)
+        try:
+            await anyio.to_thread.run_sync(write_atomic, path, key_authorization.encode(), 0o644)
+        except OSError as exc:
+            raise ChallengeError(
+                f"cannot write the challenge for {identifier} into {self.directory}: {exc}"
+            ) from exc
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(FileNotFoundError):
+                path.unlink()

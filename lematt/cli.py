@@ -1,0 +1,93 @@
+"""Command line: ``lematt (--test | --prod) [--config PATH] [--parallel N] [--cron] [--debug]``.
+
+Contract: ``main(argv)`` returns the exit status and never raises for expected problems:
+0 every certificate current or renewed and every action succeeded; 1 some certificate or
+action failed (all others still completed), or the run could not start (lock held, CA or
+account unreachable); 2 usage or config error, reported before anything changed.
+Errors are one line; a traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"lematt: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lematt", description="Keep RSA and EC certificates for every domains "
+                "line fresh from an ACME CA, and deploy them.")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--test", dest="test", action="store_true",
+                      help="use the test CA (directoryTest) and the test/ tree")
+    mode.add_argument("--prod", dest="test", action="store_false",
+                      help="use the production CA (directoryProd) and the prod/ tree")
+    p.add_argument("--config", default="conf/lematt.conf", type=Path,
+                   help="lematt.conf; domains and actions.conf are read from its directory "
+                        "(default: %(default)s)")
+    p.add_argument("--parallel", type=_positive, default=10, metavar="N",
+                   help="orders in flight at once (default: %(default)s)")
+    p.add_argument("--cron", action="store_true",
+                   help="print nothing when nothing is due; else only renewals, actions "
+                        "and failures")
+    p.add_argument("--json", type=Path, metavar="PATH",
+                   help="also write a JSON summary of the run to PATH")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    # Imports after parsing keep `lematt --help` and usage errors fast.
+    import anyio
+
+    from lematt import config as config_mod
+    from lematt.engine import Engine, Options, summary
+    from lematt.errors import ConfigError, LemattError
+    from lematt.report import Reporter, write_summary
+
+    reporter = Reporter(cron=args.cron, debug=args.debug, test=args.test)
+    try:
+        config = config_mod.load(args.config)
+    except ConfigError as exc:
+        print(f"lematt: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_USAGE
+    for warning in getattr(config, "warnings", ()):
+        reporter.warn(warning)
+    options = Options(test=args.test, parallel=args.parallel)
+    try:
+        result = anyio.run(Engine(config, options, reporter).run)
+    except LemattError as exc:
+        print(f"lematt: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("lematt: interrupted; stored pairs are intact", file=sys.stderr)
+        return 130
+    if args.json is not None:
+        write_summary(args.json, summary(result, options))
+    return EXIT_OK if result.ok else EXIT_FAILED

@@ -1,0 +1,277 @@
+"""One run of lematt: the task-group tree from plan to deploy.
+
+Contract: ``run(config, options, reporter)`` takes the conf-dir lock, finishes any store an
+earlier crash interrupted, plans, orders every due job (at most ``options.parallel`` orders in
+flight), stores each new pair atomically, then runs the actions of the renewed certificates.
+A job's failure is a value (an ``Outcome`` with its error text); only run-wide problems (the
+lock, the account, the challenge listener) raise, as ``LemattError``. Nothing live is touched
+before a certificate has been downloaded and checked against our key and names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import traceback
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import anyio
+
+from lematt import crypto
+from lematt.acme.client import AcmeClient
+from lematt.acme.limits import RequestRateLimiter
+from lematt.acme.order import ChallengeSolver, obtain
+from lematt.actions import StepOutcome, deploy_steps, prepare_commands, run_steps
+from lematt.atomic import write_atomic
+from lematt.challenges.drop_dir import DropDirSolver
+from lematt.challenges.server import ChallengeServer
+from lematt.config import CertLine, Config
+from lematt.errors import CryptoError, LemattError, StoreError
+from lematt.execution.local import LocalRunner
+from lematt.inventory import scan
+from lematt.plan import Job, plan
+from lematt.report import Reporter
+from lematt.store import Store
+
+ORDER_DEADLINE_SECONDS = 600.0
+LOCAL_COMMAND_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Options:
+    test: bool
+    parallel: int = 10
+    now: datetime | None = None
+
+
+@dataclass
+class Outcome:
+    job: Job
+    changed: bool = False
+    error: str | None = None
+    not_after: datetime | None = None
+    new_key: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class RunResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    steps: list[StepOutcome] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes) and all(s.ok for s in self.steps)
+
+
+def load_or_create_account_key(path: Path, reporter: Reporter) -> crypto.PrivateKey:
+    """The ACME account key; a missing one is created as EC P-256, mode 0600, and announced."""
+    data = Store.read_bytes(path)
+    if data is None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, crypto.generate_private_pem("ec", curve="prime256v1"), 0o600)
+        except OSError as exc:
+            raise StoreError(f"accountKey {path}: cannot create it: {exc}") from exc
+        reporter.change(f"created a new ACME account key (EC P-256) at {path}")
+        data = path.read_bytes()
+    return crypto.load_private_key(data, source=f"accountKey {path}")
+
+
+class Engine:
+    def __init__(self, config: Config, options: Options, reporter: Reporter) -> None:
+        self.config = config
+        self.settings = config.settings
+        self.options = options
+        self.reporter = reporter
+        self.store = Store(self.settings, test=options.test)
+        self.local = LocalRunner()
+
+    # -- per job ------------------------------------------------------------------------
+    def _must_staple(self, line: CertLine) -> bool:
+        return any(s.ocsp_staple_required for s in self.config.actions.sections_for(line.names))
+
+    async def _key_for(self, job: Job) -> tuple[crypto.PrivateKey, bytes | None]:
+        """(key, PEM if new). The stored key is reused unless alwaysGenerateNewKeys."""
+        s = self.settings
+        paths = self.store.paths(job.line, job.key_type)
+        if not s.always_generate_new_keys and job.found.key_present:
+            pem = Store.read_bytes(paths.key)
+            if pem is not None:
+                with contextlib.suppress(CryptoError):
+                    key = crypto.load_private_key(pem, source=str(paths.key))
+                    if crypto.key_matches_type(key, job.key_type, s.key_bits_rsa, s.curve):
+                        return key, None
+        if job.key_type == "rsa":
+            # RSA generation is CPU-bound (hundreds of ms): keep it off the event loop.
+            pem = await anyio.to_process.run_sync(
+                crypto.generate_private_pem, "rsa", s.key_bits_rsa, s.curve)
+        else:
+            pem = crypto.generate_private_pem("ec", s.key_bits_rsa, s.curve)
+        return crypto.load_private_key(pem), pem
+
+    async def _order(self, job: Job, client: AcmeClient, solver: ChallengeSolver) -> Outcome:
+        outcome = Outcome(job)
+        try:
+            key, new_pem = await self._key_for(job)
+            names = job.line.names
+            csr_der = crypto.make_csr(key, names, must_staple=self._must_staple(job.line))
+            deadline = anyio.current_time() + ORDER_DEADLINE_SECONDS
+            chain = await obtain(client, names, csr_der, solver, deadline=deadline)
+            chain_pem = chain.encode()
+            info = crypto.check_issued(chain_pem, key, names)
+            await anyio.to_thread.run_sync(lambda: self.store.commit(
+                job.line, job.key_type, key_pem=new_pem, csr_pem=crypto.csr_pem(csr_der),
+                chain_pem=chain_pem))
+            outcome.changed, outcome.not_after, outcome.new_key = True, info.not_after, bool(
+                new_pem)
+        except LemattError as exc:
+            outcome.error = str(exc)
+        except Exception as exc:  # a bug must fail its job, not the other orders
+            outcome.error = f"internal error: {exc!r}"
+            if self.reporter.debug:
+                traceback.print_exc()
+        return outcome
+
+    def _report(self, outcome: Outcome) -> None:
+        job = outcome.job
+        if outcome.ok:
+            key_note = "new key" if outcome.new_key else "same key"
+            until = outcome.not_after.strftime("%Y-%m-%d") if outcome.not_after else "?"
+            self.reporter.change(f"renewed {job.label}: valid until {until} ({key_note})")
+        else:
+            self.reporter.failure(f"{job.label}: {outcome.error}")
+
+    async def _line(self, line: CertLine, jobs: list[Job], client: AcmeClient,
+                    solver: ChallengeSolver, slots: anyio.CapacityLimiter,
+                    outcomes: list[Outcome]) -> None:
+        prepares = prepare_commands(self.config.actions, line)
+
+        async def one(job: Job) -> None:
+            outcome = await self._order(job, client, solver)
+            outcomes.append(outcome)
+            self._report(outcome)
+
+        if not prepares:
+            async with anyio.create_task_group() as tg:
+                for job in jobs:
+                    async def slotted(job: Job = job) -> None:
+                        async with slots:
+                            await one(job)
+                    tg.start_soon(slotted)
+            return
+        # With prepare commands (a redirector on port 80, say) the line's orders share one
+        # slot and one set of prepared processes, started before and stopped after both.
+        async with slots, contextlib.AsyncExitStack() as stack:
+            try:
+                for command in prepares:
+                    self.reporter.info(f"prepare for {line.primary}: {command}")
+                    await stack.enter_async_context(self.local.background(command))
+            except LemattError as exc:
+                for job in jobs:
+                    outcome = Outcome(job, error=f"prepare failed: {exc}")
+                    outcomes.append(outcome)
+                    self._report(outcome)
+                return
+            for job in jobs:
+                await one(job)
+
+    # -- the run --------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _solver(self) -> AsyncIterator[ChallengeSolver]:
+        s = self.settings
+        if s.challenge_listen is not None:
+            server = ChallengeServer()
+            async with server.running(*s.challenge_listen):
+                yield server
+        else:
+            assert s.challenge_drop_dir is not None  # config guarantees one of the two
+            solver = DropDirSolver(s.challenge_drop_dir)
+            solver.prepare()
+            yield solver
+
+    async def _orders(self, jobs: list[Job]) -> list[Outcome]:
+        s = self.settings
+        account_key = load_or_create_account_key(s.account_key, self.reporter)
+        limiter = RequestRateLimiter(dict(s.rate_limits))
+        slots = anyio.CapacityLimiter(self.options.parallel)
+        outcomes: list[Outcome] = []
+        by_line: dict[int, list[Job]] = {}
+        for job in jobs:
+            by_line.setdefault(job.line.lineno, []).append(job)
+        lines = {line.lineno: line for line in self.config.lines}
+        async with (
+            AcmeClient.open(s.directory_url(self.options.test), account_key,
+                            ca_bundle=s.ca_bundle, rate_limiter=limiter) as client,
+            self._solver() as solver,
+        ):
+            await client.ensure_account(s.contact_email)
+            async with anyio.create_task_group() as tg:
+                for lineno, line_jobs in by_line.items():
+                    tg.start_soon(self._line, lines[lineno], line_jobs, client, solver, slots,
+                                  outcomes)
+        return outcomes
+
+    async def _deploy(self, renewed: list[CertLine]) -> list[StepOutcome]:
+        steps = deploy_steps(self.config.actions, renewed, self.store)
+        for step in steps:
+            self.reporter.info(f"action [{step.section}] {step.kind}: {step.command}")
+        outcomes = await run_steps(self.local, steps, timeout=LOCAL_COMMAND_TIMEOUT)
+        for o in outcomes:
+            if o.ok:
+                self.reporter.change(f"ran [{o.step.section}] {o.step.kind}: {o.step.command}")
+            else:
+                self.reporter.failure(f"action [{o.step.section}] {o.step.kind}: {o.error}")
+        return outcomes
+
+    async def run(self) -> RunResult:
+        result = RunResult()
+        with self.store.lock():
+            self.store.ensure_dirs()
+            for message in self.store.recover():
+                self.reporter.change(message)
+            now = self.options.now or datetime.now(UTC)
+            found = await anyio.to_thread.run_sync(
+                scan, self.store, self.config.lines, self.settings.key_types)
+            jobs = plan(self.settings, self.config.lines, found, now)
+            if not jobs:
+                self.reporter.info(
+                    f"all {len(found)} certificates are current; nothing to do")
+                return result
+            for job in jobs:
+                self.reporter.info(f"due: {job.label}: {job.reason}")
+            if any(self._must_staple(j.line) for j in jobs):
+                self.reporter.warn("some certificates request OCSP must-staple; Let's Encrypt "
+                                   "refuses such orders since 2025-05-07")
+            result.outcomes = await self._orders(jobs)
+            renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
+            renewed = [line for line in self.config.lines if line.lineno in renewed_numbers]
+            if renewed:
+                result.steps = await self._deploy(renewed)
+        return result
+
+
+def summary(result: RunResult, options: Options) -> dict[str, object]:
+    """The JSON form of a run, for ``--json``."""
+    return {
+        "mode": "test" if options.test else "prod",
+        "pid": os.getpid(),
+        "ok": result.ok,
+        "certificates": [
+            {"names": list(o.job.line.names), "key_type": o.job.key_type,
+             "reason": o.job.reason, "renewed": o.changed, "error": o.error,
+             "not_after": o.not_after.isoformat() if o.not_after else None}
+            for o in result.outcomes
+        ],
+        "actions": [
+            {"section": s.step.section, "kind": s.step.kind, "command": s.step.command,
+             "ok": s.ok, "error": s.error}
+            for s in result.steps
+        ],
+    }

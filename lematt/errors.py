@@ -1,0 +1,94 @@
+"""The error tree of lematt.
+
+Contract: every error lematt raises on purpose is a ``LemattError``; its ``str()`` is the
+sentence shown to the user (what failed, for which file/cert/host, and what to do), so the CLI
+prints it as it is and shows a traceback only with ``--debug``. Library exceptions (aiohttp,
+cryptography, OSError) are mapped to these types once, at the module that calls the library.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class LemattError(Exception):
+    """Base of every error lematt reports to a user."""
+
+
+class UsageError(LemattError):
+    """Bad command line (exit status 2)."""
+
+
+class ConfigError(LemattError):
+    """A config file is wrong; the message names ``file:line`` and the key (exit status 2)."""
+
+    def __init__(self, message: str, *, path: object = None, line: int | None = None) -> None:
+        where = ""
+        if path is not None:
+            where = f"{path}:{line}: " if line is not None else f"{path}: "
+        super().__init__(f"{where}{message}")
+        self.path = path
+        self.line = line
+
+
+class LockError(LemattError):
+    """Another lematt run holds the conf-dir lock (fatal for this run)."""
+
+
+class StoreError(LemattError):
+    """Reading or writing the certificate tree failed."""
+
+
+class CryptoError(LemattError):
+    """A key, CSR or certificate could not be made or read, or does not match."""
+
+
+@dataclass
+class AcmeProblem(LemattError):
+    """An RFC 8555 problem document (section 6.7) returned by the CA.
+
+    ``type`` is the full URN (``urn:ietf:params:acme:error:rateLimited``), ``detail`` the
+    server's text, ``subproblems`` the per-identifier problems (section 6.7.1).
+    """
+
+    type: str
+    detail: str = ""
+    status: int | None = None
+    subproblems: tuple[AcmeProblem, ...] = field(default_factory=tuple)
+    identifier: str | None = None
+    context: str = ""
+
+    def __post_init__(self) -> None:
+        super().__init__(str(self))
+
+    @property
+    def short_type(self) -> str:
+        prefix = "urn:ietf:params:acme:error:"
+        return self.type[len(prefix):] if self.type.startswith(prefix) else self.type
+
+    def __str__(self) -> str:
+        head = f"{self.context}: " if self.context else ""
+        who = f" for {self.identifier}" if self.identifier else ""
+        text = f"{head}the CA answered {self.short_type}{who}: {self.detail or '(no detail)'}"
+        for sub in self.subproblems:
+            text += f"; {sub.identifier or '?'}: {sub.short_type}: {sub.detail}"
+        return text
+
+    def __hash__(self) -> int:
+        return id(self)
+
+
+class AcmeError(LemattError):
+    """Talking to the CA failed without a problem document (network, timeout, bad reply)."""
+
+
+class ChallengeError(LemattError):
+    """A challenge could not be presented or did not validate."""
+
+
+class RemoteError(LemattError):
+    """An SSH host could not be reached or a remote step failed."""
+
+
+class ActionError(LemattError):
+    """A configured action (prepare, upload, update) failed."""

@@ -1,0 +1,48 @@
+"""What a run tells its user: progress, changes, failures, and an optional JSON summary.
+
+Contract: ``info`` is progress (silent under ``--cron``); ``change`` is a renewal or an action
+that ran (always shown); ``failure`` goes to stderr, always. Under ``--cron`` a run where
+nothing was due prints nothing at all. Every line is one sentence a user can act on.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from lematt.atomic import write_atomic
+
+
+@dataclass
+class Reporter:
+    cron: bool = False
+    debug: bool = False
+    test: bool = False
+    out: TextIO = field(default_factory=lambda: sys.stdout)
+    err: TextIO = field(default_factory=lambda: sys.stderr)
+    failures: int = 0
+
+    def _prefix(self) -> str:
+        return "[TEST] " if self.test else ""
+
+    def info(self, message: str) -> None:
+        if not self.cron:
+            print(f"{self._prefix()}{message}", file=self.out, flush=True)
+
+    def change(self, message: str) -> None:
+        print(f"{self._prefix()}{message}", file=self.out, flush=True)
+
+    def warn(self, message: str) -> None:
+        print(f"{self._prefix()}warning: {message}", file=self.err, flush=True)
+
+    def failure(self, message: str) -> None:
+        self.failures += 1
+        print(f"{self._prefix()}FAILED: {message}", file=self.err, flush=True)
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """The JSON summary (``--json PATH``), written atomically so a reader never sees half."""
+    write_atomic(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())

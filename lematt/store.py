@@ -1,0 +1,204 @@
+"""The certificate tree, compatible with the original lematt's layout.
+
+Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only in the test tree)::
+
+    <tree>/key/<stem>-key.<tag>[.test].pem             private key, mode 0600
+    <tree>/csr/<stem>-csr.<tag>[.test].csr             the CSR last used (PEM)
+    <tree>/cert/<stem>-cert-combined.<tag>[.test].pem  leaf + chain as the CA sent it
+    <tree>/{key,cert}/<name>-...                        per-name symlinks, SAN lines only
+
+``<stem>`` is ``names.file_stem`` of the line; ``<tag>`` is rsaTag or curveTag.
+
+Contract:
+- ``commit`` makes key, CSR and certificate live together: all three are written to temp
+  files first, then a journal naming the pending renames is written, then the renames run.
+  A crash at any point leaves either the old pair or (after ``recover`` at the next start)
+  the new one - never a new key beside an old certificate.
+- ``lock`` takes a non-blocking exclusive lock on the conf dir; a second run fails at once.
+- Nothing here talks to the network; errors are ``StoreError`` naming the path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from lematt.atomic import TEMP_MARK, fsync_dir, symlink_atomic, write_atomic, write_temp
+from lematt.config import CertLine, KeyType, Settings
+from lematt.errors import LockError, StoreError
+from lematt.names import file_stem
+
+KEY_MODE = 0o600
+PUBLIC_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    key: Path
+    csr: Path
+    cert: Path
+    # (link path, relative target) pairs for the per-name symlinks of a SAN line.
+    links: tuple[tuple[Path, str], ...]
+
+
+class Store:
+    """One tree (prod or test) under a conf dir."""
+
+    def __init__(self, settings: Settings, *, test: bool) -> None:
+        self.settings = settings
+        self.test = test
+        self.root = settings.conf_dir / ("test" if test else "prod")
+        self.journal_dir = self.root / ".journal"
+
+    # -- naming -------------------------------------------------------------------------
+    def _file(self, kind: str, stem: str, key_type: KeyType) -> Path:
+        suffix = ".test" if self.test else ""
+        tag = self.settings.tag(key_type)
+        if kind == "csr":
+            return self.root / "csr" / f"{stem}-csr.{tag}{suffix}.csr"
+        middle = "key" if kind == "key" else "cert-combined"
+        return self.root / kind / f"{stem}-{middle}.{tag}{suffix}.pem"
+
+    def paths(self, line: CertLine, key_type: KeyType) -> CertPaths:
+        stem = file_stem(line.names)
+        key = self._file("key", stem, key_type)
+        cert = self._file("cert", stem, key_type)
+        links: list[tuple[Path, str]] = []
+        if len(line.names) > 1:
+            for name in line.names:
+                links.append((self._file("key", name, key_type), key.name))
+                links.append((self._file("cert", name, key_type), cert.name))
+        return CertPaths(key, self._file("csr", stem, key_type), cert, tuple(links))
+
+    def cert_dir(self) -> Path:
+        return self.root / "cert"
+
+    def key_dir(self) -> Path:
+        return self.root / "key"
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def ensure_dirs(self) -> None:
+        try:
+            for sub in ("key", "csr", "cert"):
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            # Keys live here: keep the directory itself private too.
+            os.chmod(self.root / "key", 0o700)
+            self.journal_dir.mkdir(exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the certificate tree {self.root}: {exc}") from exc
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Exclusive, non-blocking lock on the conf dir, held for the whole run."""
+        path = self.settings.conf_dir / ".lematt.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot open the lock file {path}: {exc}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                raise LockError(
+                    f"another lematt run (pid {holder}) is working on "
+                    f"{self.settings.conf_dir}; this run did nothing. Try again when it ends."
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    # -- reading ------------------------------------------------------------------------
+    @staticmethod
+    def read_bytes(path: Path) -> bytes | None:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+
+    # -- committing ---------------------------------------------------------------------
+    def commit(
+        self,
+        line: CertLine,
+        key_type: KeyType,
+        *,
+        key_pem: bytes | None,
+        csr_pem: bytes,
+        chain_pem: bytes,
+    ) -> CertPaths:
+        """Make (new key,) CSR and chain live together; ``key_pem`` None keeps the old key."""
+        paths = self.paths(line, key_type)
+        journal = self.journal_dir / f"{paths.cert.name}.json"
+        pending: list[tuple[Path, Path]] = []
+        try:
+            if key_pem is not None:
+                pending.append((write_temp(paths.key, key_pem, KEY_MODE), paths.key))
+            pending.append((write_temp(paths.csr, csr_pem, PUBLIC_MODE), paths.csr))
+            pending.append((write_temp(paths.cert, chain_pem, PUBLIC_MODE), paths.cert))
+            record = {
+                "renames": [[str(t.relative_to(self.root)), str(f.relative_to(self.root))]
+                            for t, f in pending],
+                "links": [[str(p.relative_to(self.root)), target] for p, target in paths.links],
+            }
+            write_atomic(journal, json.dumps(record).encode(), PUBLIC_MODE)
+        except OSError as exc:
+            for tmp, _ in pending:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            raise StoreError(f"cannot write {paths.cert.parent}: {exc}; old files kept") from exc
+        # From here on the journal guarantees the new pair goes live, now or at the next start.
+        self._roll_forward(journal, record)
+        return paths
+
+    def _roll_forward(self, journal: Path, record: dict[str, list[list[str]]]) -> None:
+        try:
+            dirs: set[Path] = set()
+            for tmp_rel, final_rel in record["renames"]:
+                tmp, final = self.root / tmp_rel, self.root / final_rel
+                if tmp.exists():
+                    os.replace(tmp, final)
+                    dirs.add(final.parent)
+            for d in dirs:
+                fsync_dir(d)
+            for link_rel, target in record["links"]:
+                self._link(self.root / link_rel, target)
+            journal.unlink()
+        except OSError as exc:
+            raise StoreError(
+                f"cannot finish storing {journal.stem}: {exc}; the next run completes it"
+            ) from exc
+
+    @staticmethod
+    def _link(link: Path, target: str) -> None:
+        # A name that is also a single-name line has a real file here: never replace it.
+        if link.exists() and not link.is_symlink():
+            return
+        symlink_atomic(link, target)
+
+    def recover(self) -> list[str]:
+        """Finish commits a crash interrupted and drop orphaned temp files; say what was done."""
+        done: list[str] = []
+        if not self.journal_dir.is_dir():
+            return done
+        for journal in sorted(self.journal_dir.glob("*.json")):
+            try:
+                record = json.loads(journal.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"unreadable journal {journal}: {exc}; inspect it") from exc
+            self._roll_forward(journal, record)
+            done.append(f"completed an interrupted store of {journal.stem}")
+        for sub in ("key", "csr", "cert"):
+            for tmp in (self.root / sub).glob(f".*{TEMP_MARK}*"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+        return done
+

@@ -1,0 +1,66 @@
+"""challenge solvers: token checks, files appear and vanish, built-in server answers."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from lematt.challenges.drop_dir import DropDirSolver
+from lematt.challenges.server import ChallengeServer
+from lematt.errors import ChallengeError
+
+
+@pytest.mark.anyio
+async def test_drop_dir_writes_then_removes(tmp_path: Path) -> None:
+    solver = DropDirSolver(tmp_path / "drop")
+    solver.prepare()
+    async with solver.present("a.example.test", "tok_EN-1", "tok_EN-1.thumb"):
+        path = tmp_path / "drop" / "tok_EN-1"
+        assert path.read_text() == "tok_EN-1.thumb"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert not path.exists()
+
+
+@pytest.mark.anyio
+async def test_drop_dir_removes_on_failure(tmp_path: Path) -> None:
+    solver = DropDirSolver(tmp_path)
+    with pytest.raises(RuntimeError):
+        async with solver.present("a.example.test", "tok", "tok.x"):
+            raise RuntimeError("order failed")
+    assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("token", ["../evil", "a/b", "a b", "tok%2e", "", "x" * 600, "..", "ü"])
+async def test_hostile_tokens_are_refused(tmp_path: Path, token: str) -> None:
+    """A hostile CA token cannot come from Pebble, so the solver is called directly."""
+    with pytest.raises(ChallengeError, match="the CA sent an invalid token"):
+        async with DropDirSolver(tmp_path).present("a.example.test", token, "k"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.anyio
+async def test_server_serves_only_presented_tokens() -> None:
+    server = ChallengeServer()
+    base = "http://127.0.0.5:18080/.well-known/acme-challenge/"
+    async with server.running("127.0.0.5", 18080), aiohttp.ClientSession() as http:
+        async with server.present("a.example.test", "tokA", "tokA.thumb"):
+            async with http.get(base + "tokA") as resp:
+                assert resp.status == 200 and await resp.text() == "tokA.thumb"
+            for bad in ("tokB", "tokA?x=1", "../tokA", ""):
+                async with http.get(base + bad) as resp:
+                    assert resp.status == 404, bad
+        async with http.get(base + "tokA") as resp:
+            assert resp.status == 404
+
+
+@pytest.mark.anyio
+async def test_server_bind_failure_says_why() -> None:
+    async with ChallengeServer().running("127.0.0.5", 18081):
+        with pytest.raises(ChallengeError, match=r"127\.0\.0\.5:18081: cannot listen"):
+            async with ChallengeServer().running("127.0.0.5", 18081):
+                pass
