@@ -2,4 +2,6 @@
 
 from lematt.cli import main
 
-raise SystemExit(main())
+# Guarded: worker processes (RSA key generation) import this module as __mp_main__.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,10 +10,15 @@ Errors are one line; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lematt.engine import Engine, RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -57,6 +62,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+async def _run_until_signal(engine: Engine) -> RunResult | None:
+    """Run the engine; SIGTERM or SIGHUP cancel it like Ctrl-C does, so that shielded cleanup
+    (token files, prepare process groups, temp files) runs before the process exits."""
+    import anyio
+
+    result: RunResult | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch)
+        result = await engine.run()
+        tg.cancel_scope.cancel()
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Imports after parsing keep `lematt --help` and usage errors fast.
@@ -79,15 +104,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         reporter.warn(warning)
     options = Options(test=args.test, parallel=args.parallel)
     try:
-        result = anyio.run(Engine(config, options, reporter).run)
+        result = anyio.run(_run_until_signal, Engine(config, options, reporter))
     except LemattError as exc:
         print(f"lematt: {exc}", file=sys.stderr)
         if args.debug:
             traceback.print_exc()
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("lematt: interrupted; stored pairs are intact", file=sys.stderr)
-        return 130
+        result = None
+    if result is None:
+        print("lematt: interrupted; every stored key+cert pair is intact", file=sys.stderr)
+        return EXIT_FAILED
     if args.json is not None:
         write_summary(args.json, summary(result, options))
     return EXIT_OK if result.ok else EXIT_FAILED

@@ -4,6 +4,11 @@ Contract: ``load(path)`` reads lematt.conf at ``path`` and ``domains`` / ``actio
 same directory, validates everything once (cross-references included) and returns frozen
 dataclasses. Any problem raises ``ConfigError`` whose text names ``file:line`` and the key and
 says what to do. Nothing here touches the network, the certificate tree or sys.exit.
+
+Each file may be INI (upstream's format, read with configparser as upstream did) or YAML with
+the same keys. The parsing lives in helper modules: ``config_source`` (files, INI/YAML with
+line numbers), ``config_settings`` (lematt.conf), ``config_domains`` (domains),
+``config_actions`` (actions); this module holds the data types and the cross-checks.
 """
 
 from __future__ import annotations
@@ -91,8 +96,9 @@ class Section:
     upload_keys: tuple[str, ...] = ()
     update: tuple[str, ...] = ()
     ocsp_staple_required: bool = False
-    # Line of the section header (INI) or section key (YAML) in the actions file, for messages.
-    lineno: int | None = None
+    # Line of the section header (INI) or section key (YAML) in the actions file, for
+    # messages; not part of equality (the same section is the same wherever it is written).
+    lineno: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -139,8 +145,9 @@ class Config:
 
 
 ACTIONS_FILE_NAMES = ("actions.conf", "actions.yaml", "actions.yml")
-# Let's Encrypt ended OCSP; orders with must-staple fail from this date
-# (https://letsencrypt.org/2024/12/05/ending-ocsp/).
+# Let's Encrypt ended OCSP; from this date every order whose CSR asks for must-staple fails
+# (ISRG's timeline, December 2024: https://abetterinternet.net/post/ending-ocsp, also on the
+# Let's Encrypt blog as "Ending OCSP Support in 2025").
 MUST_STAPLE_REFUSED = (
     "Let's Encrypt refuses orders with the must-staple extension since 2025-05-07"
 )
@@ -209,6 +216,7 @@ def _apply_must_staple(lines: list[CertLine], actions: Actions, domains_path: Pa
     if not any(s.ocsp_staple_required for s in sections):
         return lines  # the common case: nobody asks for it, nothing to compare
     default = actions.default.ocsp_staple_required if actions.default else False
+    default_label = "[default]" if actions.default else "no section (no [default])"
     by_name: dict[str, list[Section]] = {}
     for section in actions.overrides:
         for name in section.domains:
@@ -220,7 +228,7 @@ def _apply_must_staple(lines: list[CertLine], actions: Actions, domains_path: Pa
             for section in by_name.get(name, ()):
                 seen.setdefault(section.ocsp_staple_required, f"[{section.name}] for {name}")
             if name not in by_name:
-                seen.setdefault(default, f"[default] for {name}")
+                seen.setdefault(default, f"{default_label} for {name}")
         if len(seen) > 1:
             raise ConfigError(
                 "the names of this certificate map to actions sections that disagree on "

@@ -39,7 +39,7 @@ def parse_domains(path: Path, text: str) -> list[CertLine]:
                     del tokens[i:]
                     break
         written = _expand(path, lineno, tokens)
-        names = tuple(dict.fromkeys(written))  # first occurrence wins, order kept
+        names = written if len(written) == 1 else tuple(dict.fromkeys(written))  # keep order
         if len(names) > MAX_NAMES_PER_CERT:
             raise ConfigError(
                 f"{len(names)} names on one line, but a certificate holds at most "
@@ -53,7 +53,8 @@ def parse_domains(path: Path, text: str) -> list[CertLine]:
                 "per name set: remove one of the two lines",
                 path=path, line=lineno)
         seen_sets[key] = lineno
-        lines.append(CertLine(lineno, names, written_names=written))
+        # written_names only when it differs (a repeated name): () means "same as names".
+        lines.append(CertLine(lineno, names, written if len(names) != len(written) else ()))
     return lines
 
 
@@ -65,19 +66,17 @@ def _expand(path: Path, lineno: int, tokens: list[str]) -> tuple[str, ...]:
             f"the first name '{first_written}' has no dot: the first name is the certificate's "
             "main name and completes shorthand names, so write it in full (e.g. example.com)",
             path=path, line=lineno)
-    first = _validate(path, lineno, first_written, first_written)
-    result = [first]
-    for token in tokens[1:]:
-        # Shorthand as upstream: a word without a dot is a subdomain of the first name.
-        expanded = token if "." in token else f"{token}.{first}"
-        result.append(_validate(path, lineno, token, expanded))
-    return tuple(result)
-
-
-def _validate(path: Path, lineno: int, written: str, expanded: str) -> str:
+    result: list[str] = []
+    first = first_written
     try:
-        return validate_dns_name(expanded)
+        for token in tokens:
+            # Shorthand as upstream: a word without a dot is a subdomain of the first name.
+            result.append(validate_dns_name(token if "." in token else f"{token}.{first}"))
+            first = result[0]
     except ValueError as exc:
+        written = tokens[len(result)]
+        expanded = written if "." in written else f"{written}.{first}"
         shown = f"'{written}'" if written == expanded else f"'{written}' (read as '{expanded}')"
         raise ConfigError(f"{shown} is not a valid DNS name ({exc})",
                           path=path, line=lineno) from None
+    return tuple(result)

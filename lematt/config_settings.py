@@ -1,7 +1,8 @@
 """lematt.conf -> ``Settings``.
 
 Contract: ``parse_settings(path, text, conf_dir)`` reads the ``[config]`` section of an INI
-file or the top-level mapping of a YAML file and returns ``(Settings, warnings)``. Every key
+file, or the top-level mapping of a YAML file (or the mapping under its only key ``config:``),
+and returns ``(Settings, warnings)``. Every key
 is checked; an error names ``file:line``, the key and what is allowed. Relative paths are
 taken from ``conf_dir`` (``~`` expanded). Nothing here checks that the account key or the
 challenge directory exist: that is the run's business (and the upstream example must load
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lematt.config import LE_PRODUCTION, LE_STAGING, KeyType, Settings
+from lematt.config import KeyType, Settings
 from lematt.config_source import (
     Block,
     canonical_key,
@@ -99,6 +100,13 @@ def parse_settings(path: Path, text: str, conf_dir: Path) -> tuple[Settings, lis
                 "expected an INI file with a [config] section, or a YAML mapping of "
                 "settings such as 'accountKey: account.key'", path=path)
         block = root
+        # Also accepted: the keys under one "config:" key, mirroring the INI [config] section.
+        if len(root.entries) == 1 and root.entries[0].key == "config":
+            inner = root.entries[0].value
+            if not isinstance(inner, Block):
+                raise ConfigError("config: expected a mapping of settings under it",
+                                  path=path, line=root.entries[0].line)
+            block = inner
         ignore_case = False
 
     values: dict[str, tuple[object, int]] = {}
@@ -231,15 +239,12 @@ def _readable_file(path: Path) -> Path:
 
 def _rsa_bits(value: object) -> int:
     allowed = ", ".join(map(str, RSA_BITS))
-    if isinstance(value, bool):
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    # bool is an int subclass: YAML "keyBitsRSA: yes" must not read as 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value not in RSA_BITS:
         raise ValueError(f"{value!r} is not allowed; use {allowed}")
-    try:
-        bits = int(value.strip() if isinstance(value, str) else value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not allowed; use {allowed}") from None
-    if bits not in RSA_BITS:
-        raise ValueError(f"{value!r} is not allowed; use {allowed}")
-    return bits
+    return value
 
 
 def _curve_as_written(value: object) -> str:

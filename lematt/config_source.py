@@ -60,13 +60,17 @@ class Entry:
     line: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Block:
     """An INI section or a YAML mapping, entries in file order; ``line`` is where it starts."""
 
     name: str
     line: int
     entries: tuple[Entry, ...]
+
+    def __repr__(self) -> str:
+        # Shown inside "{value!r} is not ..." messages, where the fields would be noise.
+        return f"a mapping (line {self.line})"
 
 
 def read_text(path: Path, what: str) -> str:

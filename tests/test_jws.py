@@ -97,10 +97,13 @@ def test_alg_for_each_supported_key_and_refuses_others() -> None:
         jws.alg_for(ed25519.Ed25519PrivateKey.generate())  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("curve", "size", "hash_cls"), [
-    (ec.SECP256R1(), 32, hashes.SHA256),
-    (ec.SECP384R1(), 48, hashes.SHA384),
-])
+@pytest.mark.parametrize(
+    ("curve", "size", "hash_cls"),
+    [
+        (ec.SECP256R1(), 32, hashes.SHA256),
+        (ec.SECP384R1(), 48, hashes.SHA384),
+    ],
+)
 def test_ecdsa_signature_is_raw_r_s_and_verifies(
     curve: ec.EllipticCurve, size: int, hash_cls: type[hashes.HashAlgorithm]
 ) -> None:

@@ -45,7 +45,14 @@ def test_defaults_follow_lets_encrypt_overall_requests_table() -> None:
     assert LETS_ENCRYPT_RATES["directory"] == Rate(40.0, 40.0)
     assert LETS_ENCRYPT_RATES["*"] == Rate(250.0, 125.0)
     assert set(LETS_ENCRYPT_RATES) == {
-        "directory", "newNonce", "newAccount", "newOrder", "revokeCert", "renewalInfo", "*"}
+        "directory",
+        "newNonce",
+        "newAccount",
+        "newOrder",
+        "revokeCert",
+        "renewalInfo",
+        "*",
+    }
 
 
 @pytest.mark.anyio
@@ -77,9 +84,7 @@ async def test_past_burst_waits_exactly_for_the_next_token() -> None:
 @pytest.mark.anyio
 async def test_waiters_reserve_successive_slots() -> None:
     t = FakeTime()
-    limiter = RequestRateLimiter(
-        {"newOrder": 2}, clock=t.clock, sleep=lambda s: _record_only(t, s)
-    )
+    limiter = RequestRateLimiter({"newOrder": 2}, clock=t.clock, sleep=lambda s: _record_only(t, s))
     for _ in range(4):
         await limiter.acquire("newOrder")  # clock frozen: each waiter queues behind the last
     assert t.sleeps == [pytest.approx(0.5), pytest.approx(1.0)]

@@ -85,13 +85,15 @@ def test_order_with_error_and_unknown_status() -> None:
     assert order.certificate is None
     assert order.error is not None and order.error.short_type == "unauthorized"
     with pytest.raises(AcmeError, match=r"order/1.*'status' has the unknown value 'cooking'"):
-        Order.from_json({"status": "cooking", "identifiers": [], "authorizations": [],
-                         "finalize": "f"}, url)
+        Order.from_json(
+            {"status": "cooking", "identifiers": [], "authorizations": [], "finalize": "f"}, url
+        )
     with pytest.raises(AcmeError, match="'finalize' is missing"):
         Order.from_json({"status": "pending", "identifiers": [], "authorizations": []}, url)
     with pytest.raises(AcmeError, match="'authorizations' is not a list"):
-        Order.from_json({"status": "pending", "identifiers": [], "authorizations": [1],
-                         "finalize": "f"}, url)
+        Order.from_json(
+            {"status": "pending", "identifiers": [], "authorizations": [1], "finalize": "f"}, url
+        )
 
 
 def test_authorization_wildcard_challenges_and_problem() -> None:
@@ -101,13 +103,20 @@ def test_authorization_wildcard_challenges_and_problem() -> None:
             "identifier": {"type": "dns", "value": "example.test"},
             "wildcard": True,
             "challenges": [
-                {"type": "dns-01", "url": "https://ca.test/chall/2", "status": "pending",
-                 "token": "dns-token_1"},
-                _challenge(status="invalid", error={
-                    "type": "urn:ietf:params:acme:error:connection",
-                    "detail": "Connection refused",
-                    "status": 400,
-                }),
+                {
+                    "type": "dns-01",
+                    "url": "https://ca.test/chall/2",
+                    "status": "pending",
+                    "token": "dns-token_1",
+                },
+                _challenge(
+                    status="invalid",
+                    error={
+                        "type": "urn:ietf:params:acme:error:connection",
+                        "detail": "Connection refused",
+                        "status": 400,
+                    },
+                ),
             ],
         },
         "https://ca.test/authz/1",
@@ -120,13 +129,26 @@ def test_authorization_wildcard_challenges_and_problem() -> None:
     problem = authz.problem()
     assert problem is not None
     assert (problem.short_type, problem.detail, problem.status) == (
-        "connection", "Connection refused", 400)
+        "connection",
+        "Connection refused",
+        400,
+    )
 
 
 @pytest.mark.parametrize(
     "token",
-    ["../etc", "a b", "tok%2e", "", "tok\n", "a/b", "tok.en", "x" * (MAX_TOKEN_LENGTH + 1),
-     None, 7],
+    [
+        "../etc",
+        "a b",
+        "tok%2e",
+        "",
+        "tok\n",
+        "a/b",
+        "tok.en",
+        "x" * (MAX_TOKEN_LENGTH + 1),
+        None,
+        7,
+    ],
 )
 def test_hostile_tokens_are_refused_at_parse_time(token: Any) -> None:
     data = _challenge(token)
@@ -137,8 +159,11 @@ def test_hostile_tokens_are_refused_at_parse_time(token: Any) -> None:
     # The same token inside an authorization stops the whole authorization.
     with pytest.raises(ChallengeError, match="the CA sent an invalid token"):
         Authorization.from_json(
-            {"status": "pending", "identifier": {"type": "dns", "value": "a.test"},
-             "challenges": [data]},
+            {
+                "status": "pending",
+                "identifier": {"type": "dns", "value": "a.test"},
+                "challenges": [data],
+            },
             "https://ca.test/authz/1",
         )
 
@@ -161,12 +186,12 @@ def test_problem_document_with_subproblems() -> None:
             "subproblems": [
                 {
                     "type": "urn:ietf:params:acme:error:malformed",
-                    "detail": "Invalid underscore in DNS name \"_example.org\"",
+                    "detail": 'Invalid underscore in DNS name "_example.org"',
                     "identifier": {"type": "dns", "value": "_example.org"},
                 },
                 {
                     "type": "urn:ietf:params:acme:error:rejectedIdentifier",
-                    "detail": "This CA will not issue for \"example.net\"",
+                    "detail": 'This CA will not issue for "example.net"',
                     "identifier": {"type": "dns", "value": "example.net"},
                 },
             ],

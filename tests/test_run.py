@@ -116,11 +116,13 @@ def test_failed_order_keeps_old_pair_and_fails_only_that_job(
     old = (bad_key.read_bytes(), bad_cert.read_bytes())
     good_before = good_cert.read_bytes()
 
-    # Nothing listens on 127.0.0.9: the CA cannot reach this name's challenge.
+    # Nothing listens on 127.0.0.9: the CA cannot reach this name's challenge. A new account,
+    # so that the CA cannot reuse the first run's valid authorization (RFC 8555 7.1.3).
     pebble.add_a("fails.run.test", "127.0.0.9")
     try:
         conf = make_conf(tmp_path, domains, extra_conf={
-            "keyTypes": "ec", "reauthorizeDays": 100000, "alwaysGenerateNewKeys": True})
+            "keyTypes": "ec", "reauthorizeDays": 100000, "alwaysGenerateNewKeys": True,
+            "accountKey": tmp_path / "second-account.key"})
         result = run_lematt("--test", "--config", conf)
     finally:
         pebble.clear_a("fails.run.test")
@@ -214,10 +216,10 @@ def test_bad_config_exits_2_naming_file_and_line_and_changes_nothing(
 def test_second_concurrent_run_exits_with_a_clear_message(
         tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt) -> None:
     conf = make_conf(tmp_path, "lock.run.test\n", extra_conf={"keyTypes": "ec"})
-    # A real first run holds the lock for as long as its prepare command waits for `go`.
+    # A real first run holds the lock for as long as its update action waits for `go`.
     go, started = tmp_path / "go", tmp_path / "started"
     (tmp_path / "actions.conf").write_text(
-        f"[default]\nprepare: [\"touch '{started}'; for i in $(seq 600); "
+        f"[default]\nupdate: [\"touch '{started}'; for i in $(seq 600); "
         f"do [ -e '{go}' ] && break; sleep 0.1; done\"]\n")
     first = subprocess.Popen([sys.executable, "-m", "lematt", "--test", "--config", str(conf)],
                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -226,7 +228,7 @@ def test_second_concurrent_run_exits_with_a_clear_message(
         for _ in range(600):
             if started.exists() or first.poll() is not None:
                 break
-            time.sleep(0.05)  # bounded wait for the first run to reach its prepare
+            time.sleep(0.05)  # bounded wait for the first run to reach its update
         assert started.exists(), first.communicate(timeout=60)
         second = run_lematt("--test", "--config", conf)
         assert second.returncode == 1

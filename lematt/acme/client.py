@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import json
+import os
 import re
 import ssl
 import time
@@ -60,6 +61,7 @@ NONCE_POOL_SIZE = 64
 
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{1,512}")  # RFC 8555 section 6.5.1: base64url
+_DIGITS_RE = re.compile(r"[0-9]{1,10}")
 _T = TypeVar("_T")
 
 
@@ -100,7 +102,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if value is None or not value.strip():
         return None
     value = value.strip()
-    if value.isdigit():
+    if _DIGITS_RE.fullmatch(value):
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -111,7 +113,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-def _ssl_context(ca_bundle: str | None) -> ssl.SSLContext:
+def _ssl_context(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca_bundle)
     except (OSError, ssl.SSLError) as exc:
@@ -148,7 +150,7 @@ class AcmeClient:
         directory_url: str,
         account_key: AccountKey | AccountSigner,
         *,
-        ca_bundle: str | None = None,
+        ca_bundle: str | os.PathLike[str] | None = None,
         rate_limiter: RequestRateLimiter | None = None,
         request_timeout: float = 30.0,
         user_agent: str = DEFAULT_USER_AGENT,

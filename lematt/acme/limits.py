@@ -21,6 +21,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import anyio
 
@@ -45,19 +46,23 @@ class Rate:
     burst: float
 
 
-# Let's Encrypt "Overall Requests Limit" table, requests per second per IP and burst, from
-# https://letsencrypt.org/docs/rate-limits/ (page "Last updated: April 1, 2025"; the rows for
-# revoke-cert, renewal-info, /acme/* and /directory as changed by letsencrypt/website PR #1881;
-# retrieved 2026-11-27). The CA answers 503 with Retry-After past these; we stay just below.
-LETS_ENCRYPT_RATES: Mapping[str, Rate] = {
-    "newNonce": Rate(20.0, 10.0),
-    "newAccount": Rate(5.0, 15.0),
-    "newOrder": Rate(300.0, 200.0),
-    "revokeCert": Rate(10.0, 100.0),
-    "renewalInfo": Rate(1000.0, 100.0),
-    "*": Rate(250.0, 125.0),
-    "directory": Rate(40.0, 40.0),
-}
+# Let's Encrypt "Overall Requests Limit" table (requests per second per IP, burst), from
+# https://letsencrypt.org/docs/rate-limits/ ("Last updated: April 1, 2025"), read 2026-11-27
+# from stored copies: the revoke-cert, renewal-info, /acme/* and /directory rows as in
+# letsencrypt/website PR #1881 (which set /directory's burst to 40); the new-nonce, new-account
+# and new-order rows as quoted from that page by a third-party mirror of the table. Past these
+# the CA answers 503 with Retry-After (same page), which the client also honours.
+LETS_ENCRYPT_RATES: Mapping[str, Rate] = MappingProxyType(
+    {
+        "newNonce": Rate(20.0, 10.0),
+        "newAccount": Rate(5.0, 15.0),
+        "newOrder": Rate(300.0, 200.0),
+        "revokeCert": Rate(10.0, 100.0),
+        "renewalInfo": Rate(1000.0, 100.0),
+        "*": Rate(250.0, 125.0),
+        "directory": Rate(40.0, 40.0),
+    }
+)
 
 
 class _Bucket:

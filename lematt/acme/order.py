@@ -68,7 +68,10 @@ async def _authorize(
         if challenge.status == Status.PENDING:
             # Only a pending challenge is answered; a processing one is already being checked.
             await client.answer_challenge(challenge.url)
-        authz = await client.poll_authorization(url, deadline)
+        try:
+            authz = await client.poll_authorization(url, deadline)
+        except AcmeError as exc:
+            raise AcmeError(f"{authz.name}: {exc}") from exc
     if authz.status != Status.VALID:
         raise _invalid(authz, f"the CA could not validate the http-01 challenge ({authz.status})")
 
