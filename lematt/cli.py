@@ -100,8 +100,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         return EXIT_USAGE
-    for warning in getattr(config, "warnings", ()):
-        reporter.warn(warning)
     options = Options(test=args.test, parallel=args.parallel)
     try:
         result = anyio.run(_run_until_signal, Engine(config, options, reporter))

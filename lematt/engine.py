@@ -94,9 +94,6 @@ class Engine:
         self.local = LocalRunner()
 
     # -- per job ------------------------------------------------------------------------
-    def _must_staple(self, line: CertLine) -> bool:
-        return any(s.ocsp_staple_required for s in self.config.actions.sections_for(line.names))
-
     async def _key_for(self, job: Job) -> tuple[crypto.PrivateKey, bytes | None]:
         """(key, PEM if new). The stored key is reused unless alwaysGenerateNewKeys."""
         s = self.settings
@@ -121,7 +118,7 @@ class Engine:
         try:
             key, new_pem = await self._key_for(job)
             names = job.line.names
-            csr_der = crypto.make_csr(key, names, must_staple=self._must_staple(job.line))
+            csr_der = crypto.make_csr(key, names, must_staple=job.line.ocsp_must_staple)
             deadline = anyio.current_time() + ORDER_DEADLINE_SECONDS
             chain = await obtain(client, names, csr_der, solver, deadline=deadline)
             chain_pem = chain.encode()
@@ -240,15 +237,17 @@ class Engine:
             found = await anyio.to_thread.run_sync(
                 scan, self.store, self.config.lines, self.settings.key_types)
             jobs = plan(self.settings, self.config.lines, found, now)
+            # Config warnings (must-staple, ignored files) are news only when something is
+            # due, or when a person is watching: a cron run with nothing due stays silent.
+            if jobs or not self.reporter.cron:
+                for warning in self.config.warnings:
+                    self.reporter.warn(warning)
             if not jobs:
                 self.reporter.info(
                     f"all {len(found)} certificates are current; nothing to do")
                 return result
             for job in jobs:
                 self.reporter.info(f"due: {job.label}: {job.reason}")
-            if any(self._must_staple(j.line) for j in jobs):
-                self.reporter.warn("some certificates request OCSP must-staple; Let's Encrypt "
-                                   "refuses such orders since 2025-05-07")
             result.outcomes = await self._orders(jobs)
             renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
             renewed = [line for line in self.config.lines if line.lineno in renewed_numbers]

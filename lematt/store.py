@@ -31,7 +31,6 @@ from pathlib import Path
 from lematt.atomic import TEMP_MARK, fsync_dir, symlink_atomic, write_atomic, write_temp
 from lematt.config import CertLine, KeyType, Settings
 from lematt.errors import LockError, StoreError
-from lematt.names import file_stem
 
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
@@ -65,7 +64,7 @@ class Store:
         return self.root / kind / f"{stem}-{middle}.{tag}{suffix}.pem"
 
     def paths(self, line: CertLine, key_type: KeyType) -> CertPaths:
-        stem = file_stem(line.names)
+        stem = line.file_stem
         key = self._file("key", stem, key_type)
         cert = self._file("cert", stem, key_type)
         links: list[tuple[Path, str]] = []
