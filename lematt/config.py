@@ -50,6 +50,11 @@ class Settings:
     # Requests per second per ACME endpoint name ("newOrder", "newNonce", "newAccount",
     # "directory", "*" for every other URL under the CA).
     rate_limits: tuple[tuple[str, float], ...] = ()
+    # Remote hosts (SSH): the OpenSSH client config used to resolve destinations, and limits.
+    ssh_config: Path | None = None  # None: ~/.ssh/config if it exists
+    ssh_connect_timeout: float = 15.0
+    ssh_command_timeout: float = 120.0
+    parallel_hosts: int = 32
 
     def tag(self, key_type: KeyType) -> str:
         return self.rsa_tag if key_type == "rsa" else self.curve_tag
@@ -86,15 +91,56 @@ class CertLine:
 
 
 @dataclass(frozen=True)
+class SshUpload:
+    """``{"ssh": DEST, "to": DIR, "mode": "0644"}`` in uploadCerts / uploadKeys."""
+
+    ssh: str
+    to: str
+    mode: int | None = None  # None: 0644 for certificates, 0600 for keys
+
+    def __str__(self) -> str:
+        return f"sftp {self.ssh}:{self.to}"
+
+
+@dataclass(frozen=True)
+class SshRun:
+    """``{"ssh": DEST, "run": COMMAND}`` in update; without ``run`` the key's forced command
+    decides what runs (authorized_keys ``command="..."``)."""
+
+    ssh: str
+    run: str | None = None
+
+    def __str__(self) -> str:
+        return f"ssh {self.ssh}" + (f" {self.run}" if self.run is not None else "")
+
+
+@dataclass(frozen=True)
+class SshForward:
+    """``{"ssh": DEST, "forward": BASEURL}`` in prepare: the http-01 redirector on DEST."""
+
+    ssh: str
+    forward: str
+    listen: str | None = None
+    command: str | None = None
+
+    def __str__(self) -> str:
+        return f"forwarder on {self.ssh} -> {self.forward}"
+
+
+# A plain string is a local shell command, as in the original lematt.
+Action = str | SshUpload | SshRun | SshForward
+
+
+@dataclass(frozen=True)
 class Section:
-    """One actions.conf section. Actions are local shell strings (structured forms come later)."""
+    """One actions.conf section: its actions in file order, each a string or an SSH form."""
 
     name: str
     domains: frozenset[str] = frozenset()
-    prepare: tuple[str, ...] = ()
-    upload_certs: tuple[str, ...] = ()
-    upload_keys: tuple[str, ...] = ()
-    update: tuple[str, ...] = ()
+    prepare: tuple[str | SshForward, ...] = ()
+    upload_certs: tuple[str | SshUpload, ...] = ()
+    upload_keys: tuple[str | SshUpload, ...] = ()
+    update: tuple[str | SshRun, ...] = ()
     ocsp_staple_required: bool = False
     # Line of the section header (INI) or section key (YAML) in the actions file, for
     # messages; not part of equality (the same section is the same wherever it is written).

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lematt.config import Actions, Section
+from lematt.config import Action, Actions, Section
+from lematt.config_remote import parse_structured
 from lematt.config_source import (
     Block,
     Entry,
@@ -125,7 +126,7 @@ def _ocsp(path: Path, block: Block, values: dict[str, tuple[object, int]]) -> bo
 
 
 def _command_list(path: Path, section: str, key: str, value: object, line: int,
-                  is_json: bool) -> tuple[str, ...]:
+                  is_json: bool) -> tuple[Action, ...]:
     where = f"{key} in [{section}]"
     if is_unset(value):
         return ()
@@ -140,11 +141,16 @@ def _command_list(path: Path, section: str, key: str, value: object, line: int,
     if not isinstance(value, list):
         raise ConfigError(f"{where}: expected a list of command strings such as "
                           f"{_LIST_EXAMPLE}, not {value!r}", path=path, line=line)
+    actions: list[Action] = []
     for item in value:
-        if not isinstance(item, str) or not item.strip():
-            raise ConfigError(f"{where}: {item!r} is not a command (a non-empty string)",
-                              path=path, line=line)
-    return tuple(value)
+        if isinstance(item, Block | dict):
+            actions.append(parse_structured(path, where, key, item, line))
+        elif not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{where}: {item!r} is not a command (a non-empty string) "
+                              "nor an ssh mapping", path=path, line=line)
+        else:
+            actions.append(item)
+    return tuple(actions)
 
 
 def _override_domains(path: Path, block: Block, values: dict[str, tuple[object, int]],

@@ -52,6 +52,10 @@ KNOWN_KEYS = (
     "caBundle",
     "contactEmail",
     "rateLimits",
+    "sshConfig",
+    "sshConnectTimeout",
+    "sshCommandTimeout",
+    "parallelHosts",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -156,6 +160,10 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "rateLimits": ("rate_limits", _rate_limits),
         "rsaTag": ("rsa_tag", _tag),
         "curveTag": ("curve_tag", _tag),
+        "sshConfig": ("ssh_config", lambda v: _readable_file(as_path(v))),
+        "sshConnectTimeout": ("ssh_connect_timeout", _positive_seconds),
+        "sshCommandTimeout": ("ssh_command_timeout", _positive_seconds),
+        "parallelHosts": ("parallel_hosts", _positive_int),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)
@@ -214,6 +222,20 @@ def _positive_days(value: object) -> float:
     if days <= 0:
         raise ValueError(f"{value!r} must be a number of days greater than 0 (may be fractional)")
     return days
+
+
+def _positive_seconds(value: object) -> float:
+    seconds = _number(value)
+    if seconds <= 0:
+        raise ValueError(f"{value!r} must be a number of seconds greater than 0")
+    return seconds
+
+
+def _positive_int(value: object) -> int:
+    number = _number(value)
+    if number < 1 or number != int(number):
+        raise ValueError(f"{value!r} must be a whole number of at least 1")
+    return int(number)
 
 
 def _optional_days(value: object) -> float | None:

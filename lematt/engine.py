@@ -24,11 +24,12 @@ from lematt import crypto
 from lematt.acme.client import AcmeClient
 from lematt.acme.limits import RequestRateLimiter
 from lematt.acme.order import ChallengeSolver, obtain
-from lematt.actions import StepOutcome, deploy_steps, prepare_commands, run_steps
+from lematt.actions import StepOutcome, prepare_commands
 from lematt.atomic import write_atomic
 from lematt.challenges.drop_dir import DropDirSolver
 from lematt.challenges.server import ChallengeServer
 from lematt.config import CertLine, Config
+from lematt.deploy import Deployer
 from lematt.errors import CryptoError, LemattError, StoreError
 from lematt.execution.local import LocalRunner
 from lematt.inventory import scan
@@ -37,7 +38,6 @@ from lematt.report import Reporter
 from lematt.store import Store
 
 ORDER_DEADLINE_SECONDS = 600.0
-LOCAL_COMMAND_TIMEOUT = 600.0
 
 
 @dataclass(frozen=True)
@@ -215,18 +215,6 @@ class Engine:
                                   outcomes)
         return outcomes
 
-    async def _deploy(self, renewed: list[CertLine]) -> list[StepOutcome]:
-        steps = deploy_steps(self.config.actions, renewed, self.store)
-        for step in steps:
-            self.reporter.info(f"action [{step.section}] {step.kind}: {step.command}")
-        outcomes = await run_steps(self.local, steps, timeout=LOCAL_COMMAND_TIMEOUT)
-        for o in outcomes:
-            if o.ok:
-                self.reporter.change(f"ran [{o.step.section}] {o.step.kind}: {o.step.command}")
-            else:
-                self.reporter.failure(f"action [{o.step.section}] {o.step.kind}: {o.error}")
-        return outcomes
-
     async def run(self) -> RunResult:
         result = RunResult()
         with self.store.lock():
@@ -242,17 +230,24 @@ class Engine:
             if jobs or not self.reporter.cron:
                 for warning in self.config.warnings:
                     self.reporter.warn(warning)
-            if not jobs:
+            pending = self.store.load_pending()
+            if not jobs and not pending:
                 self.reporter.info(
                     f"all {len(found)} certificates are current; nothing to do")
                 return result
+            if not jobs:
+                hosts = ", ".join(sorted(pending))
+                self.reporter.change(f"all certificates are current; retrying the pending "
+                                     f"deploy to {hosts}")
             for job in jobs:
                 self.reporter.info(f"due: {job.label}: {job.reason}")
-            result.outcomes = await self._orders(jobs)
+            if jobs:
+                result.outcomes = await self._orders(jobs)
             renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
             renewed = [line for line in self.config.lines if line.lineno in renewed_numbers]
-            if renewed:
-                result.steps = await self._deploy(renewed)
+            if renewed or pending:
+                deployer = Deployer(self.config, self.store, self.reporter)
+                result.steps = await deployer.run(renewed)
         return result
 
 
@@ -269,8 +264,8 @@ def summary(result: RunResult, options: Options) -> dict[str, object]:
             for o in result.outcomes
         ],
         "actions": [
-            {"section": s.step.section, "kind": s.step.kind, "command": s.step.command,
-             "ok": s.ok, "error": s.error}
+            {"section": s.step.section, "kind": s.step.kind, "what": s.step.describe(),
+             "host": s.step.host, "ok": s.ok, "error": s.error}
             for s in result.steps
         ],
     }

@@ -183,6 +183,35 @@ class Store:
             return
         symlink_atomic(link, target)
 
+    # -- pending deploys ------------------------------------------------------------------
+    @property
+    def pending_path(self) -> Path:
+        return self.root / ".deploy-pending.json"
+
+    def load_pending(self) -> dict[str, list[tuple[str, ...]]]:
+        """Host -> names of the lines whose deploy to it has not succeeded yet."""
+        data = self.read_bytes(self.pending_path)
+        if data is None:
+            return {}
+        try:
+            raw = json.loads(data)
+            return {str(host): [tuple(map(str, names)) for names in lines]
+                    for host, lines in raw.items()}
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise StoreError(f"unreadable {self.pending_path} ({exc}); remove it and run "
+                             "lematt again (pending deploys are then forgotten)") from exc
+
+    def save_pending(self, pending: dict[str, list[tuple[str, ...]]]) -> None:
+        if not pending:
+            with contextlib.suppress(FileNotFoundError):
+                self.pending_path.unlink()
+            return
+        data = {host: [list(names) for names in lines] for host, lines in pending.items()}
+        try:
+            write_atomic(self.pending_path, json.dumps(data, indent=1).encode(), PUBLIC_MODE)
+        except OSError as exc:
+            raise StoreError(f"cannot write {self.pending_path}: {exc}") from exc
+
     def recover(self) -> list[str]:
         """Finish commits a crash interrupted and drop orphaned temp files; say what was done."""
         done: list[str] = []

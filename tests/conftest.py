@@ -159,3 +159,74 @@ def run_lematt() -> RunLematt:
         return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     return run
+
+
+# --------------------------------------------------------------------------- sshd hosts
+# Real OpenSSH servers, one per loopback address (127.0.0.2, .3, ... each is one "host"), all on
+# port 2222 + $LEMATT_TEST_PORT_OFFSET. Imported here so that this block stands on its own.
+from tests.sshd_rig import ClientKit, SshdRig, start_sshd  # noqa: E402
+
+SSHD_PORT = 2222 + PORT_OFFSET
+
+
+@dataclass(frozen=True)
+class SshHost:
+    """What ``sshd_host`` started: connect with ``alias`` through ``ssh_client_kit.ssh_config``
+    (HostName/Port/User/IdentityFile/UserKnownHostsFile all written), or with
+    ``f"{user}@{address}:{port}"``."""
+
+    address: str
+    port: int
+    host_key: str  # "ssh-ed25519 AAAA..."
+    known_hosts_line: str  # "[127.0.0.2]:2222 ssh-ed25519 AAAA...", already in the kit
+    user: str
+    alias: str
+    rig: SshdRig
+
+
+SshdHostFactory = Callable[..., SshHost]
+
+
+@pytest.fixture(scope="session")
+def ssh_client_kit(tmp_path_factory: pytest.TempPathFactory) -> ClientKit:
+    """Session: client ed25519 key, known_hosts and ssh config (``tests.sshd_rig.ClientKit``).
+
+    Shared by every test: ``sshd_host`` (re)writes the entries of the hosts it starts; a test
+    that breaks an entry on purpose (``forget_host``, a wrong key) breaks only its own host.
+    """
+    return ClientKit.create(tmp_path_factory.mktemp("ssh-client"))
+
+
+@pytest.fixture
+def sshd_host(ssh_client_kit: ClientKit,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdHostFactory]:
+    """Factory ``sshd_host(address, *, forced_command=None, alias=None) -> SshHost``.
+
+    Starts sshd on ``address:SSHD_PORT`` trusting the kit's key (with
+    ``restrict,command="<forced_command>"`` when given), records its host key in the kit's
+    known_hosts and writes ``Host <alias>`` (default ``host-127-0-0-N``) into the kit's ssh
+    config. Every sshd started is stopped at the end of the test.
+    """
+    rigs: list[SshdRig] = []
+
+    def start(address: str, *, forced_command: str | None = None,
+              alias: str | None = None) -> SshHost:
+        key_line = ssh_client_kit.public_line
+        if forced_command is not None:
+            quoted = forced_command.replace("\\", "\\\\").replace('"', '\\"')
+            key_line = f'restrict,command="{quoted}" {key_line}'
+        rig = start_sshd(tmp_path_factory.mktemp(f"sshd-{address}"), address, SSHD_PORT,
+                         authorized_keys=[key_line])
+        rigs.append(rig)
+        ssh_client_kit.add_known_host(address, rig.port, rig.host_key)
+        name = ssh_client_kit.add_alias(alias or f"host-{address.replace('.', '-')}",
+                                        address, rig.port)
+        return SshHost(address=address, port=rig.port, host_key=rig.host_key,
+                       known_hosts_line=rig.known_hosts_line, user=rig.user, alias=name,
+                       rig=rig)
+
+    try:
+        yield start
+    finally:
+        for rig in rigs:
+            rig.stop()

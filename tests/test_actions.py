@@ -7,8 +7,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lematt.actions import Step, deploy_steps, prepare_commands, run_steps
-from lematt.config import Actions, CertLine, Section, Settings
+from lematt.actions import LOCAL, Step, deploy_plan, forwarders, prepare_commands, run_host
+from lematt.config import Actions, CertLine, Section, Settings, SshForward, SshRun, SshUpload
 from lematt.execution.local import LocalRunner
 from lematt.store import Store
 
@@ -27,12 +27,19 @@ def store(tmp_path: Path) -> Store:
     return Store(Settings(conf_dir=tmp_path / "my conf", account_key=tmp_path / "k"), test=False)
 
 
+def hosts_of(dest: str) -> str:
+    """Stand-in resolver: aliases web-a and web-b are one machine."""
+    return {"web-a": "[127.0.0.2]:2222", "web-b": "[127.0.0.2]:2222"}.get(dest, dest)
+
+
 def test_steps_uploads_first_then_distinct_updates(store: Store) -> None:
-    steps = deploy_steps(ACTIONS, [A, MAIL], store)
+    plan = deploy_plan(ACTIONS, [A, MAIL], store, hosts_of)
+    assert list(plan) == [LOCAL]
+    steps = plan[LOCAL]
     kinds = [s.kind for s in steps]
     assert kinds == ["uploadCerts", "uploadKeys", "update", "update", "update"]
     certdir = str(store.cert_dir())
-    assert steps[0] == Step("uploadCerts", "default",
+    assert steps[0] == Step("uploadCerts", "default", LOCAL,
                             f"cp '{certdir}/a.example.com'* '{certdir}/www.a.example.com'* /srv")
     assert steps[1].section == "every"
     assert steps[1].command.count("*") == 3  # every renewed cert's names
@@ -42,8 +49,34 @@ def test_steps_uploads_first_then_distinct_updates(store: Store) -> None:
 
 
 def test_only_sections_of_renewed_certs_run(store: Store) -> None:
-    steps = deploy_steps(ACTIONS, [MAIL], store)
+    steps = deploy_plan(ACTIONS, [MAIL], store, hosts_of)[LOCAL]
     assert {s.section for s in steps} == {"override-mail", "every"}
+
+
+def test_two_aliases_of_one_host_share_one_queue(store: Store) -> None:
+    actions = Actions(default=Section(
+        "default",
+        upload_certs=(SshUpload("web-a", "/etc/ssl"),),
+        upload_keys=(SshUpload("web-b", "/etc/ssl/private"),),
+        update=(SshRun("web-b", "reload DOMAINS_CN"), SshRun("web-a"), "echo local",
+                SshRun("web-b", "reload DOMAINS_CN")),
+    ))
+    plan = deploy_plan(actions, [A], store, hosts_of)
+    assert list(plan) == ["[127.0.0.2]:2222", LOCAL]
+    remote = plan["[127.0.0.2]:2222"]
+    assert [(s.kind, s.destination, s.command) for s in remote] == [
+        ("uploadCerts", "web-a", None), ("uploadKeys", "web-b", None),
+        ("update", "web-b", "reload a.example.com"), ("update", "web-a", None)]
+    assert remote[0].remote_dir == "/etc/ssl"
+    assert [s.command for s in plan[LOCAL]] == ["echo local"]
+
+
+def test_forwarders_once_per_line() -> None:
+    fwd = SshForward("web-a", "http://central.example.com")
+    actions = Actions(default=Section("default", prepare=(fwd, "local DOMAIN")),
+                      every=Section("every", prepare=(fwd,)))
+    assert forwarders(actions, A) == [fwd]
+    assert prepare_commands(actions, A) == ["local a.example.com", "local www.a.example.com"]
 
 
 def test_prepare_one_per_name_with_domain_quoted() -> None:
@@ -54,9 +87,15 @@ def test_prepare_one_per_name_with_domain_quoted() -> None:
 @pytest.mark.anyio
 async def test_failed_upload_skips_updates(tmp_path: Path) -> None:
     marker = tmp_path / "updated"
-    steps = [Step("uploadCerts", "s", "echo oops >&2; exit 3"),
-             Step("update", "s", f"touch '{marker}'")]
-    outcomes = await run_steps(LocalRunner(), steps, timeout=30)
+    steps = [Step("uploadCerts", "s", LOCAL, "echo oops >&2; exit 3"),
+             Step("update", "s", LOCAL, f"touch '{marker}'")]
+    runner = LocalRunner()
+
+    async def execute(step: Step) -> object:
+        assert step.command is not None
+        return await runner.run(step.command, timeout=30)
+
+    outcomes = await run_host(execute, steps)
     assert outcomes[0].result is not None and outcomes[0].result.exit_status == 3
     assert "oops" in (outcomes[0].error or "")
     assert outcomes[1].result is None and not marker.exists()
