@@ -24,8 +24,7 @@ from dataclasses import dataclass
 
 from lematt.config import Actions, CertLine, Section, SshForward, SshRun, SshUpload
 from lematt.errors import LemattError
-from lematt.execution import CommandResult
-from lematt.execution.ssh import UploadFile
+from lematt.execution import CommandResult, UploadFile
 from lematt.store import Store
 
 LOCAL = "local"

@@ -197,8 +197,7 @@ def _descendants(root: int) -> dict[int, str]:
 
 def _kill_snapshot(snapshot: dict[int, str], sig: int) -> None:
     for pid, start in snapshot.items():
-        # Only the very process we saw: its pid may have been reused since the snapshot.
-        if _proc_start_time(pid) == start:
+        if _proc_start_time(pid) == start:  # the very process we saw, not a reused pid
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
 
@@ -251,7 +250,7 @@ class SshdRig:
         return self._proc.pid
 
     @property
-    def known_hosts_line(self) -> str:
+    def known_hosts_line(self) -> str:  # "[127.0.0.2]:2222 ssh-ed25519 AAAA..."
         return f"{known_hosts_pattern(self.address, self.port)} {self.host_key}"
 
     def set_authorized_keys(self, lines: list[str]) -> None:
@@ -300,7 +299,7 @@ def _sshd_config(rig: SshdRig, host_key_path: Path, extra_config: str) -> str:
     workdir = rig.workdir
     return f"""\
 # Written by tests/sshd_rig.py: a throwaway sshd for one loopback "host".
-ListenAddress {rig.address}:{rig.port}
+ListenAddress {_host_port(rig.address, rig.port)}
 HostKey {host_key_path}
 PidFile {workdir / "sshd.pid"}
 AuthorizedKeysFile {rig.authorized_keys}
@@ -319,8 +318,13 @@ Subsystem sftp internal-sftp
 """
 
 
+def _host_port(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def _check_free(address: str, port: int) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as sshd does
         try:
             sock.bind((address, port))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 TAIL_CHARS = 2000
@@ -41,6 +42,17 @@ class Runner(Protocol):
     async def run(self, command: str, *, timeout: float) -> CommandResult: ...
 
     def background(self, command: str) -> AbstractAsyncContextManager[None]: ...
+
+
+@dataclass(frozen=True)
+class UploadFile:
+    """One file to install as ``remote_dir/name``: a copy of ``local`` with ``mode``, or,
+    when ``symlink_target`` is set, a symlink pointing there (``local``/``mode`` unused)."""
+
+    local: Path
+    name: str
+    mode: int = 0o644
+    symlink_target: str | None = None
 
 
 def tail(data: bytes) -> str:

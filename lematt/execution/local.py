@@ -48,11 +48,12 @@ class LocalRunner:
     def __init__(self, name: str = "local") -> None:
         self.name = name
 
-    async def _open(self, command: str, *, capture: bool) -> Process:
+    async def _open(self, command: str, *, capture: bool, stderr: bool = True) -> Process:
         pipe = subprocess.PIPE if capture else subprocess.DEVNULL
         try:
             return await anyio.open_process(
-                command, stdin=subprocess.DEVNULL, stdout=pipe, stderr=subprocess.PIPE,
+                command, stdin=subprocess.DEVNULL, stdout=pipe,
+                stderr=subprocess.PIPE if stderr else subprocess.DEVNULL,
                 start_new_session=True,
             )
         except OSError as exc:
@@ -78,15 +79,12 @@ class LocalRunner:
 
     @contextlib.asynccontextmanager
     async def background(self, command: str) -> AsyncIterator[None]:
-        process = await self._open(command, capture=False)
-        err = bytearray()
+        # No task group here: an error in the caller's body must reach it as itself, not
+        # wrapped in an ExceptionGroup. Output is not collected (nobody would read it).
+        process = await self._open(command, capture=False, stderr=False)
         try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_drain, process.stderr, err)
-                try:
-                    yield
-                finally:
-                    await stop_group(process)
+            yield
         finally:
+            await stop_group(process)
             with anyio.CancelScope(shield=True):
                 await process.aclose()

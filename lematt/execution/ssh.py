@@ -38,14 +38,12 @@ import re
 import secrets
 import shlex
 from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 import asyncssh
 
 from lematt.errors import RemoteError
-from lematt.execution import CommandResult, tail
+from lematt.execution import CommandResult, UploadFile, tail
 from lematt.execution.ssh_config import (
     SshDestination,
     has_recorded_key,
@@ -65,24 +63,13 @@ _MARKER_WINDOW = 16 * 1024  # login-shell noise (.bashrc) tolerated before the m
 _TEMP_INFIX = ".lematt-tmp-"
 
 
-@dataclass(frozen=True)
-class UploadFile:
-    """One file to install as ``remote_dir/name``: a copy of ``local`` with ``mode``, or,
-    when ``symlink_target`` is set, a symlink pointing there (``local``/``mode`` unused)."""
-
-    local: Path
-    name: str
-    mode: int = 0o644
-    symlink_target: str | None = None
-
-
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused (is sshd listening there?)"
     if isinstance(exc, asyncssh.Error):
         return exc.reason or type(exc).__name__
     if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     return str(exc) or type(exc).__name__
 
 
@@ -151,6 +138,7 @@ class SshPool:
         await self.aclose()
 
     def runner(self, destination: SshDestination) -> SshRunner:
+        """A ``Runner`` for ``destination`` that uses this pool's connection to it."""
         return SshRunner(self, destination)
 
     async def aclose(self) -> None:
@@ -228,9 +216,7 @@ class SshRunner:
     """Runs steps on one destination through a pool; ``name`` is the destination as written."""
 
     def __init__(self, pool: SshPool, destination: SshDestination) -> None:
-        self.pool = pool
-        self.destination = destination
-        self.name = destination.written
+        self.pool, self.destination, self.name = pool, destination, destination.written
 
     async def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
         """Run ``command`` (a shell string, values already quoted by the caller) with stdin at
@@ -318,12 +304,15 @@ class SshRunner:
         Every file is first written (or linked) under a temporary name in ``remote_dir``
         (``.<name>.lematt-tmp-<hex>``), given its mode and fsynced where the server offers it;
         only when all are staged is each renamed over its final name (posix-rename), so a
-        failure part-way leaves the old set in place. Temporary names are removed on every
-        failure path (shielded). Raises ``RemoteError`` naming host, path and cause.
+        failure while staging replaces nothing. Temporary names are removed on every failure
+        path (shielded). ``remote_dir`` must exist. Raises ``RemoteError`` naming host, path
+        and cause (``ValueError`` for a name that is not a plain file name).
         """
         for item in files:
             if item.name in ("", ".", "..") or "/" in item.name:
                 raise ValueError(f"upload name {item.name!r} is not a plain file name")
+        if not files:
+            return
         limit = self.pool.command_timeout if timeout is None else timeout
         conn = await self.pool.connection(self.destination)
         done = False
@@ -334,7 +323,7 @@ class SshRunner:
             done = True
         if not done:
             raise RemoteError(f"{self.name}: upload to {remote_dir} timed out after "
-                              f"{limit:.0f} s; nothing was replaced")
+                              f"{limit:.0f} s")
 
     async def _install(self, sftp: asyncssh.SFTPClient, files: Sequence[UploadFile],
                        remote_dir: str) -> None:
@@ -355,7 +344,7 @@ class SshRunner:
             if pending:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
                     for temp in pending:
-                        with contextlib.suppress(asyncssh.SFTPError):
+                        with contextlib.suppress(asyncssh.Error, OSError):
                             await sftp.remove(temp)
 
     async def _stage(self, sftp: asyncssh.SFTPClient, item: UploadFile, temp: str) -> None:

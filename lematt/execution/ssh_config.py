@@ -143,7 +143,10 @@ class SshDestination:
                 config=[str(path_used)] if path_used else [], host=parsed.host,
                 port=parsed.explicit_port or (), username=parsed.explicit_user or (),
                 client_keys=None, agent_identities=None, agent_path=None)
-        except (OSError, ValueError, asyncssh.Error) as exc:
+        except OSError as exc:
+            raise ConfigError(f"cannot read SSH config for {text!r}: {exc.strerror}",
+                              path=path_used) from exc
+        except (ValueError, asyncssh.Error) as exc:
             # asyncssh's parse errors already start with "<file> line N:".
             named = path_used is not None and str(path_used) in str(exc)
             raise ConfigError(f"SSH destination {text!r}: {exc}",
