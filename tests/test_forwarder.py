@@ -275,6 +275,7 @@ def test_over_long_request_line_is_404_and_closed(shared: Forwarder, length: int
     status, headers, _ = parse(exchange(shared.port, get(target)))
     assert status == 404
     assert headers["connection"] == "close"
+    assert "<request line " in shared.stderr()  # refused for its length, not parsed
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "OPTIONS", "get", "CONNECT"])
@@ -394,6 +395,36 @@ def test_stdin_end_of_file_ends_it_and_frees_the_port(spawn) -> None:
         again.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         again.bind((HOST, fwd.port))
         again.listen(1)
+
+
+def test_socket_stdin_end_of_file_ends_it(spawn) -> None:
+    """An SSH channel is often a socket, not a pipe."""
+    ours, theirs = socket.socketpair()
+    with ours:
+        fwd = spawn(["--baseurl", BASE, "--listen", f"{HOST}:0"], stdin=theirs.fileno())
+        theirs.close()
+        assert fwd.wait_ready().startswith(b"READY ")
+        ours.sendall(b"ignored input\n")
+        assert parse(exchange(fwd.port, get(CHALLENGE)))[0] == 301
+    assert fwd.wait() == 0
+    assert "stdin reached end-of-file" in fwd.stderr()
+
+
+def test_non_blocking_stdin_is_not_mistaken_for_end_of_file(spawn) -> None:
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)  # shared descriptor flags, as another process could set them
+    try:
+        fwd = spawn(["--baseurl", BASE, "--listen", f"{HOST}:0"], stdin=read_end)
+    finally:
+        os.close(read_end)
+    try:
+        assert fwd.wait_ready().startswith(b"READY ")
+        assert parse(exchange(fwd.port, get(CHALLENGE)))[0] == 301
+        assert fwd.proc.poll() is None
+    finally:
+        os.close(write_end)
+    assert fwd.wait() == 0
+    assert "stdin reached end-of-file" in fwd.stderr()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT],
