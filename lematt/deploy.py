@@ -41,6 +41,9 @@ class Deployer:
         self._pool = pool  # an SshPool, shared with the forwarders of this run
         self._destinations: dict[str, SshDestination] = {}
         self._unresolvable: dict[str, str] = {}
+        # Seconds each host's queue took, and the whole deploy: for --json and benchmarks.
+        self.host_seconds: dict[str, float] = {}
+        self.wall_seconds = 0.0
 
     # -- destinations ---------------------------------------------------------------------
     def _resolve(self, written: str) -> str:
@@ -113,8 +116,11 @@ class Deployer:
 
         async def host_task(host: str, steps: list[Step]) -> None:
             async with limiter:
+                begun = anyio.current_time()
                 results[host] = await run_host(self._execute, steps)
+                self.host_seconds[host] = anyio.current_time() - begun
 
+        started = anyio.current_time()
         async with contextlib.AsyncExitStack() as stack:
             if needs_ssh and self._pool is None:
                 from lematt.execution.ssh import SshPool
@@ -125,6 +131,7 @@ class Deployer:
             async with anyio.create_task_group() as tg:
                 for host, steps in plans.items():
                     tg.start_soon(host_task, host, steps)
+        self.wall_seconds = anyio.current_time() - started
         return self._finish(plans, results, renewed)
 
     def _finish(self, plans: dict[str, list[Step]], results: dict[str, list[StepOutcome]],

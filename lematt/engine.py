@@ -64,6 +64,8 @@ class Outcome:
 class RunResult:
     outcomes: list[Outcome] = field(default_factory=list)
     steps: list[StepOutcome] = field(default_factory=list)
+    deploy_seconds: float = 0.0
+    host_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -248,6 +250,8 @@ class Engine:
             if renewed or pending:
                 deployer = Deployer(self.config, self.store, self.reporter)
                 result.steps = await deployer.run(renewed)
+                result.deploy_seconds = deployer.wall_seconds
+                result.host_seconds = deployer.host_seconds
         return result
 
 
@@ -263,6 +267,8 @@ def summary(result: RunResult, options: Options) -> dict[str, object]:
              "not_after": o.not_after.isoformat() if o.not_after else None}
             for o in result.outcomes
         ],
+        "deploy": {"wall_s": round(result.deploy_seconds, 3),
+                   "hosts_s": {h: round(t, 3) for h, t in result.host_seconds.items()}},
         "actions": [
             {"section": s.step.section, "kind": s.step.kind, "what": s.step.describe(),
              "host": s.step.host, "ok": s.ok, "error": s.error}
