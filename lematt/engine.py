@@ -17,18 +17,18 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 
 from lematt import crypto
-from lematt.acme.client import AcmeClient
-from lematt.acme.limits import RequestRateLimiter
 from lematt.acme.order import ChallengeSolver, obtain
-from lematt.actions import StepOutcome, prepare_commands
+from lematt.actions import StepOutcome, forwarders, prepare_commands
 from lematt.atomic import write_atomic
 from lematt.challenges.drop_dir import DropDirSolver
+from lematt.challenges.forwarder import ForwarderHub
 from lematt.challenges.server import ChallengeServer
-from lematt.config import CertLine, Config
+from lematt.config import CertLine, Config, SshForward
 from lematt.deploy import Deployer
 from lematt.errors import CryptoError, LemattError, StoreError
 from lematt.execution.local import LocalRunner
@@ -37,7 +37,25 @@ from lematt.plan import Job, plan
 from lematt.report import Reporter
 from lematt.store import Store
 
+if TYPE_CHECKING:
+    from lematt.acme.client import AcmeClient
+    from lematt.execution.ssh import SshPool
+
 ORDER_DEADLINE_SECONDS = 600.0
+# The forwarder outlives a run's last order by at most this much if lematt vanishes without
+# closing the SSH channel (it also exits at EOF, which is the normal way).
+FORWARDER_MARGIN_SECONDS = 300.0
+
+
+@dataclass
+class _Orders:
+    """What the order tasks of one run share."""
+
+    client: AcmeClient
+    solver: ChallengeSolver
+    slots: anyio.CapacityLimiter
+    outcomes: list[Outcome] = field(default_factory=list)
+    hub: ForwarderHub | None = None
 
 
 @dataclass(frozen=True)
@@ -147,36 +165,52 @@ class Engine:
         else:
             self.reporter.failure(f"{job.label}: {outcome.error}")
 
-    async def _line(self, line: CertLine, jobs: list[Job], client: AcmeClient,
-                    solver: ChallengeSolver, slots: anyio.CapacityLimiter,
-                    outcomes: list[Outcome]) -> None:
-        prepares = prepare_commands(self.config.actions, line)
-
-        async def one(job: Job) -> None:
-            outcome = await self._order(job, client, solver)
-            outcomes.append(outcome)
+    def _fail_all(self, ctx: _Orders, jobs: list[Job], why: str) -> None:
+        for job in jobs:
+            outcome = Outcome(job, error=why)
+            ctx.outcomes.append(outcome)
             self._report(outcome)
 
+    async def _line(self, ctx: _Orders, line: CertLine, jobs: list[Job]) -> None:
+        """The orders of one domains line, inside its forwarders and prepare commands."""
+        fwds = forwarders(self.config.actions, line)
+        try:
+            for fwd in fwds:
+                assert ctx.hub is not None
+                await ctx.hub.ensure(fwd)
+            await self._line_orders(ctx, line, jobs)
+        except LemattError as exc:
+            self._fail_all(ctx, jobs, str(exc))
+        finally:
+            for fwd in fwds:
+                assert ctx.hub is not None
+                ctx.hub.finished(fwd)
+
+    async def _line_orders(self, ctx: _Orders, line: CertLine, jobs: list[Job]) -> None:
+        async def one(job: Job) -> None:
+            outcome = await self._order(job, ctx.client, ctx.solver)
+            ctx.outcomes.append(outcome)
+            self._report(outcome)
+
+        prepares = prepare_commands(self.config.actions, line)
         if not prepares:
             async with anyio.create_task_group() as tg:
                 for job in jobs:
                     async def slotted(job: Job = job) -> None:
-                        async with slots:
+                        async with ctx.slots:
                             await one(job)
                     tg.start_soon(slotted)
             return
-        # With prepare commands (a redirector on port 80, say) the line's orders share one
-        # slot and one set of prepared processes, started before and stopped after both.
-        async with slots, contextlib.AsyncExitStack() as stack:
+        # With prepare commands (the original's `ssh -t host leforward.py`, say) the line's
+        # orders share one slot and one set of prepared processes, started before and stopped
+        # after both.
+        async with ctx.slots, contextlib.AsyncExitStack() as stack:
             try:
                 for command in prepares:
                     self.reporter.info(f"prepare for {line.primary}: {command}")
                     await stack.enter_async_context(self.local.background(command))
             except LemattError as exc:
-                for job in jobs:
-                    outcome = Outcome(job, error=f"prepare failed: {exc}")
-                    outcomes.append(outcome)
-                    self._report(outcome)
+                self._fail_all(ctx, jobs, f"prepare failed: {exc}")
                 return
             for job in jobs:
                 await one(job)
@@ -195,27 +229,50 @@ class Engine:
             solver.prepare()
             yield solver
 
-    async def _orders(self, jobs: list[Job]) -> list[Outcome]:
+    async def _orders(self, jobs: list[Job], pool: SshPool | None) -> list[Outcome]:
+        from lematt.acme.client import AcmeClient
+        from lematt.acme.limits import RequestRateLimiter
+
         s = self.settings
         account_key = load_or_create_account_key(s.account_key, self.reporter)
         limiter = RequestRateLimiter(dict(s.rate_limits))
-        slots = anyio.CapacityLimiter(self.options.parallel)
-        outcomes: list[Outcome] = []
         by_line: dict[int, list[Job]] = {}
         for job in jobs:
             by_line.setdefault(job.line.lineno, []).append(job)
         lines = {line.lineno: line for line in self.config.lines}
+        planned: dict[SshForward, int] = {}
+        for lineno in by_line:
+            for fwd in forwarders(self.config.actions, lines[lineno]):
+                planned[fwd] = planned.get(fwd, 0) + 1
         async with (
             AcmeClient.open(s.directory_url(self.options.test), account_key,
                             ca_bundle=s.ca_bundle, rate_limiter=limiter) as client,
             self._solver() as solver,
         ):
             await client.ensure_account(s.contact_email)
+            ctx = _Orders(client, solver, anyio.CapacityLimiter(self.options.parallel))
             async with anyio.create_task_group() as tg:
+                if planned:
+                    assert pool is not None
+                    ctx.hub = ForwarderHub(pool, s.ssh_config, tg, planned,
+                                           ORDER_DEADLINE_SECONDS + FORWARDER_MARGIN_SECONDS,
+                                           self.reporter.info)
                 for lineno, line_jobs in by_line.items():
-                    tg.start_soon(self._line, lines[lineno], line_jobs, client, solver, slots,
-                                  outcomes)
-        return outcomes
+                    tg.start_soon(self._line, ctx, lines[lineno], line_jobs)
+        return ctx.outcomes
+
+    def _needs_ssh(self, jobs: list[Job], pending: dict[str, list[tuple[str, ...]]]) -> bool:
+        if pending:
+            return True
+        for section in (self.config.actions.default, self.config.actions.every,
+                        *self.config.actions.overrides):
+            if section is None:
+                continue
+            actions = (*section.prepare, *section.upload_certs, *section.upload_keys,
+                       *section.update)
+            if any(not isinstance(a, str) for a in actions):
+                return bool(jobs)
+        return False
 
     async def run(self) -> RunResult:
         result = RunResult()
@@ -243,15 +300,25 @@ class Engine:
                                      f"deploy to {hosts}")
             for job in jobs:
                 self.reporter.info(f"due: {job.label}: {job.reason}")
-            if jobs:
-                result.outcomes = await self._orders(jobs)
-            renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
-            renewed = [line for line in self.config.lines if line.lineno in renewed_numbers]
-            if renewed or pending:
-                deployer = Deployer(self.config, self.store, self.reporter)
-                result.steps = await deployer.run(renewed)
-                result.deploy_seconds = deployer.wall_seconds
-                result.host_seconds = deployer.host_seconds
+            async with contextlib.AsyncExitStack() as stack:
+                # One SSH pool for the run: forwarders during the orders and deploys after
+                # them share connections to the same hosts.
+                pool = None
+                if self._needs_ssh(jobs, pending):
+                    from lematt.execution.ssh import SshPool
+
+                    pool = await stack.enter_async_context(SshPool(
+                        connect_timeout=self.settings.ssh_connect_timeout,
+                        command_timeout=self.settings.ssh_command_timeout))
+                if jobs:
+                    result.outcomes = await self._orders(jobs, pool)
+                renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
+                renewed = [ln for ln in self.config.lines if ln.lineno in renewed_numbers]
+                if renewed or pending:
+                    deployer = Deployer(self.config, self.store, self.reporter, pool)
+                    result.steps = await deployer.run(renewed)
+                    result.deploy_seconds = deployer.wall_seconds
+                    result.host_seconds = deployer.host_seconds
         return result
 
 

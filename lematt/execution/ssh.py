@@ -84,6 +84,8 @@ class _Tail:
     def __init__(self, token: str | None = None) -> None:
         self.data = bytearray()
         self.pgid: int | None = None
+        self.closed = False
+        self._waiter: anyio.Event | None = None
         self._marker = None if token is None else re.compile(
             rb"lematt-pgid-" + token.encode() + rb" (\d+)\n")
 
@@ -99,6 +101,19 @@ class _Tail:
                 self._marker = None  # a forced command: sshd never ran our wrapper
         if len(self.data) > _OUTPUT_LIMIT:
             del self.data[:-_OUTPUT_LIMIT]
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None:
+            self._waiter.set()
+            self._waiter = None
+
+    async def changed(self) -> None:
+        """Return after the next write or end of stream (asyncssh calls us on the loop)."""
+        if self.closed:
+            return
+        self._waiter = anyio.Event()
+        await self._waiter.wait()
 
     def fileno(self) -> int:
         # asyncssh treats an object without a real fd as a plain file-like sink.
@@ -106,6 +121,34 @@ class _Tail:
 
     def close(self) -> None:
         """Called by asyncssh at EOF; the data stays readable."""
+        self.closed = True
+        self._wake()
+
+
+class RemoteProcess:
+    """A running background command: its output so far and a way to wait for a line."""
+
+    def __init__(self, proc: asyncssh.SSHClientProcess[bytes], out: _Tail, err: _Tail) -> None:
+        self._proc = proc
+        self._out = out
+        self._err = err
+
+    @property
+    def exit_status(self) -> int | None:
+        return self._proc.returncode
+
+    def stderr_tail(self) -> str:
+        return tail(bytes(self._err.data))
+
+    async def first_line(self, timeout: float) -> str | None:
+        """The first stdout line, or None if stdout ended or ``timeout`` passed first."""
+        with anyio.move_on_after(timeout):
+            while b"\n" not in self._out.data:
+                if self._out.closed:
+                    return None
+                await self._out.changed()
+            return bytes(self._out.data).split(b"\n", 1)[0].decode(errors="replace")
+        return None
 
 
 def _wrap(command: str, token: str) -> str:
@@ -263,14 +306,23 @@ class SshRunner:
                              tail(bytes(err.data)))
 
     @contextlib.asynccontextmanager
-    async def background(self, command: str) -> AsyncIterator[None]:
-        """Run ``command`` with its stdin open for the body; on exit send EOF, give it
-        ``STOP_GRACE_SECONDS`` to end, then stop its process group and close the channel."""
+    async def background(self, command: str, *, stdin_data: bytes = b""
+                         ) -> AsyncIterator[RemoteProcess]:
+        """Run ``command`` with its stdin open for the body (``stdin_data`` written first);
+        on exit send EOF, give it ``STOP_GRACE_SECONDS`` to end, then stop its process group
+        and close the channel. The body gets a ``RemoteProcess`` to watch its output."""
         token = secrets.token_hex(8)
         out, err = _Tail(), _Tail(token)
         conn, proc = await self._start(command, out, err, token)
         try:
-            yield
+            if stdin_data:
+                try:
+                    proc.stdin.write(stdin_data)
+                    await proc.stdin.drain()
+                except (asyncssh.Error, OSError) as exc:
+                    raise RemoteError(f"{self.name}: cannot send input to `{command}`: "
+                                      f"{_reason(exc)}") from exc
+            yield RemoteProcess(proc, out, err)
         finally:
             with anyio.CancelScope(shield=True):
                 with contextlib.suppress(asyncssh.Error, OSError):
