@@ -22,9 +22,10 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}{TEMP_MARK}{secrets.token_hex(4)}")
 
 
-def write_temp(target: Path, data: bytes, mode: int) -> Path:
-    """Write ``data`` to a new temp file beside ``target`` (mode set at creation), fsync it."""
-    tmp = temp_name(target)
+def write_temp(target: Path, data: bytes, mode: int, tmp: Path | None = None) -> Path:
+    """Write ``data`` to a new temp file beside ``target`` (mode set at creation), fsync it.
+    ``tmp`` is the temp name to use (from ``temp_name``) when the caller recorded it first."""
+    tmp = tmp or temp_name(target)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         # The umask may have cleared bits we asked for (0644 under umask 027): set them exactly.

@@ -64,10 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run_until_signal(engine: Engine) -> RunResult | None:
     """Run the engine; SIGTERM or SIGHUP cancel it like Ctrl-C does, so that shielded cleanup
-    (token files, prepare process groups, temp files) runs before the process exits."""
+    (token files, prepare process groups, temp files) runs before the process exits.
+
+    Returns None when a signal stopped the run. A ``LemattError`` is re-raised as itself (a
+    task group would otherwise wrap it in an ExceptionGroup)."""
     import anyio
 
+    from lematt.errors import LemattError
+
     result: RunResult | None = None
+    error: LemattError | None = None
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -77,8 +83,14 @@ async def _run_until_signal(engine: Engine) -> RunResult | None:
                     return
 
         tg.start_soon(watch)
-        result = await engine.run()
-        tg.cancel_scope.cancel()
+        try:
+            result = await engine.run()
+        except LemattError as exc:
+            error = exc
+        finally:
+            tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
     return result
 
 

@@ -13,6 +13,7 @@ line numbers), ``config_settings`` (lematt.conf), ``config_domains`` (domains),
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -84,7 +85,7 @@ class CertLine:
     def primary(self) -> str:
         return self.names[0]
 
-    @property
+    @functools.cached_property
     def file_stem(self) -> str:
         """The stem of this certificate's file names in the upstream tree (see names.file_stem)."""
         return file_stem(self.written_names or self.names)

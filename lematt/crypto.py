@@ -13,14 +13,12 @@ Contract:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import datetime
-
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+from lematt.certinfo import CertInfo
 from lematt.errors import CryptoError
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -50,10 +48,15 @@ def private_key_pem(key: PrivateKey) -> bytes:
     )
 
 
-def load_private_key(pem: bytes, *, source: str = "key") -> PrivateKey:
-    """Parse a PEM private key (RSA or EC); ``CryptoError`` names ``source`` otherwise."""
+def load_private_key(pem: bytes, *, source: str = "key", validate: bool = True) -> PrivateKey:
+    """Parse a PEM private key (RSA or EC); ``CryptoError`` names ``source`` otherwise.
+
+    ``validate=False`` skips the RSA consistency checks (tens of milliseconds per key); fine
+    where the key is only compared with a certificate's public key, never used to sign.
+    """
     try:
-        key = serialization.load_pem_private_key(pem, password=None)
+        key = serialization.load_pem_private_key(
+            pem, password=None, unsafe_skip_rsa_key_validation=not validate)
     except (ValueError, TypeError) as exc:
         raise CryptoError(f"{source}: not a readable unencrypted PEM private key ({exc})") from exc
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
@@ -88,20 +91,6 @@ def make_csr(key: PrivateKey, names: tuple[str, ...], *, must_staple: bool = Fal
 def csr_pem(csr_der: bytes) -> bytes:
     csr = x509.load_der_x509_csr(csr_der)
     return csr.public_bytes(serialization.Encoding.PEM)
-
-
-@dataclass(frozen=True)
-class CertInfo:
-    """What planning and checking need to know of a stored or downloaded certificate."""
-
-    not_before: datetime
-    not_after: datetime
-    names: frozenset[str]
-    public_key_der: bytes
-
-    @property
-    def lifetime_seconds(self) -> float:
-        return (self.not_after - self.not_before).total_seconds()
 
 
 def public_key_der(key: PrivateKey) -> bytes:

@@ -21,13 +21,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from lematt import crypto
-from lematt.acme.order import ChallengeSolver, obtain
 from lematt.actions import StepOutcome, forwarders, prepare_commands
 from lematt.atomic import write_atomic
-from lematt.challenges.drop_dir import DropDirSolver
-from lematt.challenges.forwarder import ForwarderHub
-from lematt.challenges.server import ChallengeServer
 from lematt.config import CertLine, Config, SshForward
 from lematt.deploy import Deployer
 from lematt.errors import CryptoError, LemattError, StoreError
@@ -37,8 +32,13 @@ from lematt.plan import Job, plan
 from lematt.report import Reporter
 from lematt.store import Store
 
+# aiohttp, asyncssh and cryptography take longer to import than a whole no-op run: they are
+# imported where a run first needs them (an order, a deploy), never at start-up.
 if TYPE_CHECKING:
+    from lematt import crypto
     from lematt.acme.client import AcmeClient
+    from lematt.acme.order import ChallengeSolver
+    from lematt.challenges.forwarder import ForwarderHub
     from lematt.execution.ssh import SshPool
 
 ORDER_DEADLINE_SECONDS = 600.0
@@ -92,6 +92,8 @@ class RunResult:
 
 def load_or_create_account_key(path: Path, reporter: Reporter) -> crypto.PrivateKey:
     """The ACME account key; a missing one is created as EC P-256, mode 0600, and announced."""
+    from lematt import crypto
+
     data = Store.read_bytes(path)
     if data is None:
         try:
@@ -116,6 +118,8 @@ class Engine:
     # -- per job ------------------------------------------------------------------------
     async def _key_for(self, job: Job) -> tuple[crypto.PrivateKey, bytes | None]:
         """(key, PEM if new). The stored key is reused unless alwaysGenerateNewKeys."""
+        from lematt import crypto
+
         s = self.settings
         paths = self.store.paths(job.line, job.key_type)
         if not s.always_generate_new_keys and job.found.key_present:
@@ -134,6 +138,9 @@ class Engine:
         return crypto.load_private_key(pem), pem
 
     async def _order(self, job: Job, client: AcmeClient, solver: ChallengeSolver) -> Outcome:
+        from lematt import crypto
+        from lematt.acme.order import obtain
+
         outcome = Outcome(job)
         try:
             key, new_pem = await self._key_for(job)
@@ -218,6 +225,9 @@ class Engine:
     # -- the run --------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def _solver(self) -> AsyncIterator[ChallengeSolver]:
+        from lematt.challenges.drop_dir import DropDirSolver
+        from lematt.challenges.server import ChallengeServer
+
         s = self.settings
         if s.challenge_listen is not None:
             server = ChallengeServer()
@@ -232,6 +242,7 @@ class Engine:
     async def _orders(self, jobs: list[Job], pool: SshPool | None) -> list[Outcome]:
         from lematt.acme.client import AcmeClient
         from lematt.acme.limits import RequestRateLimiter
+        from lematt.challenges.forwarder import ForwarderHub
 
         s = self.settings
         account_key = load_or_create_account_key(s.account_key, self.reporter)

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lematt.atomic import TEMP_MARK, fsync_dir, symlink_atomic, write_atomic, write_temp
+from lematt.atomic import fsync_dir, symlink_atomic, temp_name, write_atomic, write_temp
 from lematt.config import CertLine, KeyType, Settings
 from lematt.errors import LockError, StoreError
 
@@ -53,6 +53,10 @@ class Store:
         self.test = test
         self.root = settings.conf_dir / ("test" if test else "prod")
         self.journal_dir = self.root / ".journal"
+        self._root_str = str(self.root)
+        suffix = ".test" if test else ""
+        self._pem_end: dict[str, str] = {kt: f".{settings.tag(kt)}{suffix}.pem"
+                                         for kt in ("rsa", "ec")}
 
     # -- naming -------------------------------------------------------------------------
     def _file(self, kind: str, stem: str, key_type: KeyType) -> Path:
@@ -73,6 +77,18 @@ class Store:
                 links.append((self._file("key", name, key_type), key.name))
                 links.append((self._file("cert", name, key_type), cert.name))
         return CertPaths(key, self._file("csr", stem, key_type), cert, tuple(links))
+
+    def pair_names(self, line: CertLine, key_type: KeyType) -> tuple[str, str]:
+        """(key, certificate) file names in key/ and cert/: the hot path of a no-op run,
+        without the Path objects and link names of ``paths``."""
+        stem = line.file_stem
+        end = self._pem_end[key_type]
+        return f"{stem}-key{end}", f"{stem}-cert-combined{end}"
+
+    def pair_files(self, line: CertLine, key_type: KeyType) -> tuple[str, str]:
+        """(key, certificate) paths as strings."""
+        key, cert = self.pair_names(line, key_type)
+        return f"{self._root_str}/key/{key}", f"{self._root_str}/cert/{cert}"
 
     def cert_dir(self) -> Path:
         return self.root / "cert"
@@ -117,8 +133,14 @@ class Store:
     # -- reading ------------------------------------------------------------------------
     @staticmethod
     def read_bytes(path: Path) -> bytes | None:
+        return Store.read_bytes_at(str(path))
+
+    @staticmethod
+    def read_bytes_at(path: str) -> bytes | None:
+        """The file's bytes, None if it does not exist; ``StoreError`` if it cannot be read."""
         try:
-            return path.read_bytes()
+            with open(path, "rb") as fh:
+                return fh.read()
         except FileNotFoundError:
             return None
         except OSError as exc:
@@ -137,12 +159,16 @@ class Store:
         """Make (new key,) CSR and chain live together; ``key_pem`` None keeps the old key."""
         paths = self.paths(line, key_type)
         journal = self.journal_dir / f"{paths.cert.name}.json"
-        pending: list[tuple[Path, Path]] = []
+        intent = self.journal_dir / f"{paths.cert.name}.intent"
+        targets = ([(paths.key, key_pem, KEY_MODE)] if key_pem is not None else []) + [
+            (paths.csr, csr_pem, PUBLIC_MODE), (paths.cert, chain_pem, PUBLIC_MODE)]
+        pending = [(temp_name(target), target) for target, _, _ in targets]
         try:
-            if key_pem is not None:
-                pending.append((write_temp(paths.key, key_pem, KEY_MODE), paths.key))
-            pending.append((write_temp(paths.csr, csr_pem, PUBLIC_MODE), paths.csr))
-            pending.append((write_temp(paths.cert, chain_pem, PUBLIC_MODE), paths.cert))
+            # The intent names the temp files before they exist, so that recovery after a
+            # crash can remove them without listing directories of 100,000 entries.
+            write_atomic(intent, json.dumps([str(t) for t, _ in pending]).encode(), PUBLIC_MODE)
+            for (tmp, target), (_, data, mode) in zip(pending, targets, strict=True):
+                write_temp(target, data, mode, tmp)
             record = {
                 "renames": [[str(t.relative_to(self.root)), str(f.relative_to(self.root))]
                             for t, f in pending],
@@ -153,6 +179,8 @@ class Store:
             for tmp, _ in pending:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
+            with contextlib.suppress(OSError):
+                intent.unlink()
             raise StoreError(f"cannot write {paths.cert.parent}: {exc}; old files kept") from exc
         # From here on the journal guarantees the new pair goes live, now or at the next start.
         self._roll_forward(journal, record)
@@ -171,6 +199,8 @@ class Store:
             for link_rel, target in record["links"]:
                 self._link(self.root / link_rel, target)
             journal.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                journal.with_suffix(".intent").unlink()
         except OSError as exc:
             raise StoreError(
                 f"cannot finish storing {journal.stem}: {exc}; the next run completes it"
@@ -224,9 +254,15 @@ class Store:
                 raise StoreError(f"unreadable journal {journal}: {exc}; inspect it") from exc
             self._roll_forward(journal, record)
             done.append(f"completed an interrupted store of {journal.stem}")
-        for sub in ("key", "csr", "cert"):
-            for tmp in (self.root / sub).glob(f".*{TEMP_MARK}*"):
+        # Temp files of a commit that crashed before its journal was written: never live.
+        for intent in sorted(self.journal_dir.glob("*.intent")):
+            try:
+                names = json.loads(intent.read_bytes())
+            except (OSError, ValueError):
+                names = []
+            for name in names:
                 with contextlib.suppress(OSError):
-                    tmp.unlink()
+                    os.unlink(name)
+            intent.unlink()
         return done
 

@@ -233,6 +233,7 @@ def test_second_concurrent_run_exits_with_a_clear_message(
         second = run_lematt("--test", "--config", conf)
         assert second.returncode == 1
         assert "another lematt run" in second.stderr and str(first.pid) in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1, second.stderr
     finally:
         go.touch()
         _out, err = first.communicate(timeout=120)
@@ -259,3 +260,14 @@ def test_challenge_listen_serves_tokens_itself(
     cert = tree(conf)["cert"] / (
         "listen.run.test_www.listen.run.test-cert-combined.prime256v1.test.pem")
     assert san(cert) == sorted(names)
+
+
+def test_unreachable_ca_is_one_clear_line_and_exit_1(
+        tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt) -> None:
+    # Port 9 (discard) on loopback: nothing listens, the connection is refused at once.
+    conf = make_conf(tmp_path, "down.run.test\n", extra_conf={
+        "directoryTest": "https://127.0.0.1:9/dir"})
+    result = run_lematt("--test", "--config", conf)
+    assert result.returncode == 1
+    assert "127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr

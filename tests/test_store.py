@@ -106,13 +106,16 @@ def test_recover_rolls_an_interrupted_commit_forward(tmp_path: Path) -> None:
     assert scan_one(store, line, "ec").problem is None
 
 
-def test_recover_drops_orphaned_temp_files(tmp_path: Path) -> None:
+def test_recover_drops_temp_files_of_a_commit_that_crashed_before_its_journal(
+        tmp_path: Path) -> None:
     store = Store(settings(tmp_path), test=False)
     store.ensure_dirs()
     orphan = store.root / "key" / ".x-key.pem.lematt-tmp-abcd"
     orphan.write_bytes(b"half")
+    (store.journal_dir / "x-cert.pem.intent").write_text(json.dumps([str(orphan)]))
     assert store.recover() == []
     assert not orphan.exists()
+    assert list(store.journal_dir.iterdir()) == []
 
 
 def test_link_never_replaces_a_real_file(tmp_path: Path) -> None:
@@ -141,3 +144,41 @@ def test_scan_reports_missing_and_unreadable(tmp_path: Path) -> None:
     assert scan_one(store, line, "rsa").problem == "missing"
     store.paths(line, "rsa").cert.write_bytes(b"not a cert")
     assert scan_one(store, line, "rsa").problem.startswith("unreadable certificate")
+
+
+def test_inventory_index_is_used_but_never_hides_a_changed_file(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from lematt.inventory import INDEX_NAME, scan
+
+    store = Store(settings(tmp_path), test=False)
+    store.ensure_dirs()
+    line = CertLine(1, ("a.example.com",))
+    key, key_pem, csr, chain = _material(line.names)
+    paths = store.commit(line, "ec", key_pem=key_pem, csr_pem=csr, chain_pem=chain)
+    first = scan(store, (line,), ("ec",))[(1, "ec")]
+    assert first.problem is None and (store.root / INDEX_NAME).exists()
+    assert scan(store, (line,), ("ec",))[(1, "ec")] == first  # served from the index
+
+    # Rewrite the certificate in place with an expired one and put the old mtime back:
+    # size may match, mtime matches, but ctime and content changed.
+    before = paths.cert.stat()
+    expired = LocalCA().issue(key, line.names, NOW - timedelta(days=100),
+                              NOW - timedelta(days=10))
+    with open(paths.cert, "r+b") as fh:
+        fh.write(expired)
+        fh.truncate()
+    os.utime(paths.cert, ns=(before.st_atime_ns, before.st_mtime_ns))
+    again = scan(store, (line,), ("ec",))[(1, "ec")]
+    assert again.cert is not None and again.cert.not_after < NOW
+
+    # A key swapped in place for another one: the pair no longer matches.
+    other = crypto.private_key_pem(crypto.load_private_key(crypto.generate_private_pem("ec")))
+    paths.key.write_bytes(other)
+    assert scan(store, (line,), ("ec",))[(1, "ec")].problem == (
+        "key does not match the certificate")
+
+    # A damaged index is rebuilt, not trusted.
+    (store.root / INDEX_NAME).write_text("garbage\n\x00")
+    assert scan(store, (line,), ("ec",))[(1, "ec")].problem == (
+        "key does not match the certificate")

@@ -1,0 +1,104 @@
+"""No-op cron run: 10,000 domains lines whose certificates are all present and current.
+
+Builds (once, cached in the work dir) a conf dir in the original layout with an RSA and an
+EC certificate per line, issued by a local throwaway CA (no CA is asked for 20,000
+certificates), then times ``python -m lematt --prod --cron`` from process start to exit,
+several times. The first run after building may fill lematt's inventory cache; the figures
+that matter are the steady-state runs. Prints figures; asserts nothing. No network at all.
+
+    python3 benchmarks/noop.py [--lines 10000] [--runs 5] [--workdir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from lematt import config as config_mod  # noqa: E402
+from lematt import crypto  # noqa: E402
+from lematt.store import Store  # noqa: E402
+from tests.certs import LocalCA  # noqa: E402
+
+
+def build(conf_dir: Path, lines: int) -> None:
+    marker = conf_dir / ".built"
+    if marker.exists() and marker.read_text() == str(lines):
+        return
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    (conf_dir / "lematt.conf").write_text(
+        "[config]\naccountKey: account.key\nchallengeDropDir: drop\n"
+        "directoryProd: https://127.0.0.1:9/dir\n")
+    (conf_dir / "domains").write_text(
+        "".join(f"site{i}.noop.test www\n" for i in range(lines)))
+    config = config_mod.load(conf_dir / "lematt.conf")
+    store = Store(config.settings, test=False)
+    store.ensure_dirs()
+    ca = LocalCA()
+    now = datetime.now(UTC)
+    # One key per type, shared: building 10,000 RSA keys would take longer than the benchmark.
+    keys = {kt: crypto.load_private_key(crypto.generate_private_pem(kt)) for kt in ("rsa", "ec")}
+    for line in config.lines:
+        for kt in ("rsa", "ec"):
+            key = keys[kt]
+            chain = ca.issue(key, line.names, now - timedelta(days=1), now + timedelta(days=89))
+            csr = crypto.csr_pem(crypto.make_csr(keys["ec"], line.names))
+            store.commit(line, kt, key_pem=crypto.private_key_pem(key), csr_pem=csr,
+                         chain_pem=chain)
+    marker.write_text(str(lines))
+
+
+def timed_run(conf_dir: Path) -> tuple[float, int, str, float]:
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "lematt", "--prod", "--cron", "--config",
+                           str(conf_dir / "lematt.conf")], cwd=REPO, capture_output=True,
+                          text=True, check=False, timeout=600)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, proc.returncode, proc.stdout + proc.stderr, after.ru_maxrss / 1024
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lines", type=int, default=10000)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--workdir", type=Path,
+                    default=Path(tempfile.gettempdir()) / "lematt-bench-noop")
+    args = ap.parse_args()
+    conf_dir = args.workdir / f"conf-{args.lines}"
+    t0 = time.perf_counter()
+    build(conf_dir, args.lines)
+    print(f"conf dir with {args.lines} lines ready in {time.perf_counter() - t0:.1f} s "
+          f"({conf_dir})", flush=True)
+    # Forget any inventory cache so the first run shows the cold cost.
+    for cache in conf_dir.glob("prod/.inventory*"):
+        cache.unlink()
+    walls = []
+    for i in range(args.runs):
+        wall, code, output, rss = timed_run(conf_dir)
+        walls.append(wall)
+        print(f"run {i + 1}: {wall:.3f} s wall, exit {code}, output {len(output)} bytes, "
+              f"peak RSS {rss:.0f} MiB", flush=True)
+        if code or output:
+            print(output[-2000:])
+    steady = walls[1:] or walls
+    print(json.dumps({"benchmark": "noop", "lines": args.lines, "certificates": 2 * args.lines,
+                      "first_run_s": round(walls[0], 3),
+                      "steady_median_s": round(statistics.median(steady), 3),
+                      "steady_min_s": round(min(steady), 3), "cpus": os.cpu_count()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
