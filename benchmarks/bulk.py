@@ -1,17 +1,22 @@
-"""Bulk issuance against a local Pebble: how long N domains lines (RSA + EC each) take.
+"""Bulk issuance against a local Pebble: N domains lines x key types, at several --parallel.
 
-Prints a table and one JSON line per run; asserts nothing. Each run gets a fresh Pebble (its
-state is in memory and it can stall under heavy load) and a fresh conf dir, and runs
-``python -m lematt --test --parallel P`` exactly as a user would. Loopback only.
+Each run gets a fresh Pebble (its state is in memory, and Pebble 2.4 can deadlock under heavy
+concurrency) and a fresh conf dir, and runs ``python -m lematt --test --parallel P`` exactly as
+a user would. Progress is watched: if no certificate appears for ``--stall-seconds`` the run
+is stopped and reported as a stalled CA. Prints a table and one JSON line per run; asserts
+nothing. Loopback only, on ports offset by ``--port-offset`` so the test suite can run beside.
 
-    python3 benchmarks/bulk.py --lines 100 --parallel 1 10
+    python3 benchmarks/bulk.py --lines 50 200 500 --keys ec rsa "rsa ec" --parallel 1 10 50
+    python3 benchmarks/bulk.py --lines 200 --keys ec --parallel 10 --profile   # where time goes
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pstats
 import resource
 import subprocess
 import sys
@@ -25,6 +30,9 @@ sys.path.insert(0, str(REPO))
 from tests.rig import start_pebble  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Let's Encrypt's per-endpoint limits (lematt's defaults) would cap a local Pebble at about
+# 25 certificates/s; this CA is ours, so the benchmark lifts them unless --le-limits.
+LIFTED_LIMITS = {"*": 5000, "newOrder": 5000, "newNonce": 5000}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -33,43 +41,73 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def one_run(lines: int, parallel: int, key_types: str, timeout: float) -> dict[str, object]:
+def write_conf(conf_dir: Path, lines: int, key_types: str, pebble: object,
+               rate_limits: dict[str, int] | None) -> Path:
+    conf_dir.mkdir()
+    (conf_dir / "domains").write_text("".join(f"site{i}.bulk.test www\n" for i in range(lines)))
+    conf = conf_dir / "lematt.conf"
+    conf.write_text(
+        "[config]\n"
+        f"directoryTest: {pebble.directory_url}\n"  # type: ignore[attr-defined]
+        f"caBundle: {pebble.ca_bundle}\n"  # type: ignore[attr-defined]
+        "accountKey: account.key\n"
+        f"keyTypes: {key_types}\n"
+        f"challengeListen: 127.0.0.1:{pebble.http_port}\n"  # type: ignore[attr-defined]
+        + (f"rateLimits: {json.dumps(rate_limits)}\n" if rate_limits else ""))
+    return conf
+
+
+def one_run(lines: int, parallel: int, key_types: str, args: argparse.Namespace
+            ) -> dict[str, object]:
+    o = args.port_offset
     with tempfile.TemporaryDirectory(prefix="lematt-bench-") as tmp:
         work = Path(tmp)
-        with start_pebble(work / "pebble") as pebble:
-            conf_dir = work / "conf"
-            conf_dir.mkdir()
-            (conf_dir / "domains").write_text(
-                "".join(f"site{i}.bulk.test www\n" for i in range(lines)))
-            (conf_dir / "lematt.conf").write_text(
-                "[config]\n"
-                f"directoryTest: {pebble.directory_url}\n"
-                f"caBundle: {pebble.ca_bundle}\n"
-                "accountKey: account.key\n"
-                f"keyTypes: {key_types}\n"
-                f"challengeListen: 127.0.0.1:{pebble.http_port}\n")
+        with start_pebble(work / "pebble", acme_port=14000 + o, management_port=15000 + o,
+                          http_port=5002 + o, tls_port=5001 + o, dns_port=8053 + o,
+                          challtestsrv_port=8055 + o) as pebble:
+            conf = write_conf(work / "conf", lines, key_types, pebble,
+                              None if args.le_limits else LIFTED_LIMITS)
+            certs_dir = work / "conf" / "test" / "cert"
+            profile = work / "lematt.prof"
+            argv = [sys.executable, *(["-m", "cProfile", "-o", str(profile)]
+                                      if args.profile else []),
+                    "-m", "lematt", "--test", "--cron", "--parallel", str(parallel),
+                    "--config", str(conf)]
             pebble_cpu0 = cpu_seconds(pebble.pebble_pid())
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.monotonic()
-            proc = subprocess.run(
-                [sys.executable, "-m", "lematt", "--test", "--cron", "--parallel", str(parallel),
-                 "--config", str(conf_dir / "lematt.conf")],
-                cwd=REPO, capture_output=True, text=True, timeout=timeout, check=False)
+            proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, text=True)
+            stalled, seen, last_change = False, -1, start
+            while proc.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=1)
+                done = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() \
+                    else 0
+                if done != seen:
+                    seen, last_change = done, time.monotonic()
+                elif time.monotonic() - last_change > args.stall_seconds:
+                    stalled = True
+                    proc.kill()
+            _out, err = proc.communicate()
             wall = time.monotonic() - start
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             pebble_cpu = cpu_seconds(pebble.pebble_pid()) - pebble_cpu0
-            certs = len(list((conf_dir / "test" / "cert").glob("*_*-cert-combined.*")))
+            certs = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() else 0
+            if args.profile and profile.exists():
+                pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
     lematt_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     expected = lines * len(key_types.split())
     return {
         "lines": lines, "key_types": key_types, "parallel": parallel, "certificates": certs,
-        "failed": expected - certs, "exit": proc.returncode, "wall_s": round(wall, 2),
-        "certs_per_s": round(certs / wall, 2) if wall else None,
+        "failed": expected - certs, "exit": proc.returncode, "stalled_ca": stalled,
+        "wall_s": round(wall, 2), "certs_per_s": round(certs / wall, 2) if wall else None,
         "lematt_cpu_s": round(lematt_cpu, 2), "pebble_cpu_s": round(pebble_cpu, 2),
         "lematt_cpu_ms_per_cert": round(1000 * lematt_cpu / certs, 1) if certs else None,
+        "pebble_cpu_ms_per_cert": round(1000 * pebble_cpu / certs, 1) if certs else None,
         "cores_busy": round((lematt_cpu + pebble_cpu) / (wall * (os.cpu_count() or 1)), 2),
         "peak_rss_mib": round(after.ru_maxrss / 1024, 1),
-        "stderr_tail": proc.stderr.strip().splitlines()[-3:],
+        "stderr_tail": err.strip().splitlines()[-3:],
     }
 
 
@@ -77,20 +115,28 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, nargs="+", default=[100])
     ap.add_argument("--parallel", type=int, nargs="+", default=[1, 10])
-    ap.add_argument("--key-types", default="rsa ec")
-    ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--keys", nargs="+", default=["rsa ec"],
+                    help='key type sets, e.g. ec rsa "rsa ec"')
+    ap.add_argument("--stall-seconds", type=float, default=60)
+    ap.add_argument("--port-offset", type=int, default=3000)
+    ap.add_argument("--profile", action="store_true", help="run lematt under cProfile")
+    ap.add_argument("--le-limits", action="store_true",
+                    help="keep lematt's default (Let's Encrypt) request-rate limits")
     args = ap.parse_args()
-    header = f"{'lines':>5} {'keys':>7} {'par':>4} {'certs':>5} {'fail':>4} {'wall s':>7} " \
-             f"{'cert/s':>7} {'cpu ms/cert':>11} {'pebble cpu':>10} {'busy':>5}"
-    print(header)
-    for lines in args.lines:
-        for parallel in args.parallel:
-            r = one_run(lines, parallel, args.key_types, args.timeout)
-            print(f"{r['lines']:>5} {r['key_types']:>7} {r['parallel']:>4} "
-                  f"{r['certificates']:>5} {r['failed']:>4} {r['wall_s']:>7} "
-                  f"{r['certs_per_s']:>7} {r['lematt_cpu_ms_per_cert']!s:>11} "
-                  f"{r['pebble_cpu_s']:>10} {r['cores_busy']:>5}", flush=True)
-            print(json.dumps(r), flush=True)
+    print(f"{'lines':>5} {'keys':>7} {'par':>4} {'certs':>5} {'fail':>4} {'wall s':>7} "
+          f"{'cert/s':>7} {'ms cpu/cert':>11} {'pebble ms':>9} {'busy':>5} {'rss MiB':>7}",
+          flush=True)
+    for key_types in args.keys:
+        for lines in args.lines:
+            for parallel in args.parallel:
+                r = one_run(lines, parallel, key_types, args)
+                stall = "  STALLED CA" if r["stalled_ca"] else ""
+                print(f"{r['lines']:>5} {r['key_types']:>7} {r['parallel']:>4} "
+                      f"{r['certificates']:>5} {r['failed']:>4} {r['wall_s']:>7} "
+                      f"{r['certs_per_s']!s:>7} {r['lematt_cpu_ms_per_cert']!s:>11} "
+                      f"{r['pebble_cpu_ms_per_cert']!s:>9} {r['cores_busy']:>5} "
+                      f"{r['peak_rss_mib']:>7}{stall}", flush=True)
+                print(json.dumps({"benchmark": "bulk", **r}), flush=True)
     return 0
 
 

@@ -166,7 +166,8 @@ class Store:
         try:
             # The intent names the temp files before they exist, so that recovery after a
             # crash can remove them without listing directories of 100,000 entries.
-            write_atomic(intent, json.dumps([str(t) for t, _ in pending]).encode(), PUBLIC_MODE)
+            # Not fsynced: losing it in a power cut only leaves a hidden temp file behind.
+            intent.write_text(json.dumps([str(t) for t, _ in pending]))
             for (tmp, target), (_, data, mode) in zip(pending, targets, strict=True):
                 write_temp(target, data, mode, tmp)
             record = {
@@ -208,8 +209,13 @@ class Store:
 
     @staticmethod
     def _link(link: Path, target: str) -> None:
-        # A name that is also a single-name line has a real file here: never replace it.
-        if link.exists() and not link.is_symlink():
+        try:
+            if os.readlink(link) == target:
+                return  # already right: renewals keep the combined file's name
+        except FileNotFoundError:
+            pass
+        except OSError:
+            # Not a symlink: a name that is also a single-name line has a real file here.
             return
         symlink_atomic(link, target)
 

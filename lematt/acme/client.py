@@ -326,6 +326,10 @@ class AcmeClient:
         start = anyio.current_time()
         delay = POLL_FIRST_DELAY
         with anyio.move_on_after(deadline - start):
+            # Callers poll right after an answer that said "not yet" (the challenge or the
+            # finalize reply): asking again at once would only cost a request and a nonce.
+            await anyio.sleep(delay)
+            delay *= 2
             while True:
                 reply = await self._post(url, None, what)
                 obj = parse(reply.json(), url)
@@ -380,7 +384,8 @@ class AcmeClient:
         return Challenge.from_json(reply.json(), url)
 
     async def poll_authorization(self, url: str, deadline: float) -> Authorization:
-        """Poll until the authorization is no longer pending (RFC 8555 section 7.5.1)."""
+        """Poll until the authorization is no longer pending (RFC 8555 section 7.5.1); the
+        first request goes out after a short delay, then the delays double."""
         return await self._poll(
             url,
             deadline,
@@ -396,13 +401,20 @@ class AcmeClient:
         )
         return Order.from_json(reply.json(), order_url)
 
-    async def poll_order(self, url: str, deadline: float) -> Order:
-        """Poll until the order is neither pending nor processing (RFC 8555 section 7.4)."""
+    async def poll_order(self, url: str, deadline: float, *, until_authorized: bool = False
+                         ) -> Order:
+        """Poll until the order is neither pending nor processing (RFC 8555 section 7.4).
+
+        ``until_authorized``: stop as soon as it is no longer pending (ready, or invalid when
+        an authorization failed). One order poll stands for all its authorizations, so a
+        SAN order costs one request per round, not one per name.
+        """
+        waiting = (Status.PENDING,) if until_authorized else (Status.PENDING, Status.PROCESSING)
         return await self._poll(
             url,
             deadline,
             Order.from_json,
-            lambda o: o.status not in (Status.PENDING, Status.PROCESSING),
+            lambda o: o.status not in waiting,
             f"waiting for the order {url}",
         )
 

@@ -4,12 +4,12 @@ Contract: ``await obtain(client, names, csr_der, solver, deadline=...)`` returns
 the CA issued for ``names`` (RFC 8555 section 7.4):
 
 1. new order;
-2. every authorization at once in one task group: an authorization that is already valid is
-   skipped (section 7.1.3: the CA may reuse them); otherwise its http-01 challenge is presented
-   with ``solver.present(identifier, token, key_authorization)``, answered, and polled while
-   presented. An invalid authorization raises ``ChallengeError`` naming the name and carrying
-   the CA's problem (as ``__cause__`` and in the text). The first failure cancels the other
-   authorizations, and every ``present`` context is exited on the way out;
+2. every authorization is read at once; one that is already valid is skipped (section
+   7.1.3: the CA may reuse them); the others' http-01 challenges are presented with
+   ``solver.present(identifier, token, key_authorization)`` and answered, and the *order* is
+   polled (one request per round for all names) until it is no longer pending. If it turned
+   invalid, ``ChallengeError`` names each failed name with the CA's problem (as ``__cause__``
+   and in the text). Every ``present`` context is exited on every path;
 3. finalize with ``csr_der``, poll the order to valid, download the chain.
 
 ``deadline`` is an ``anyio.current_time()`` value; past it, ``AcmeError`` says what timed out.
@@ -18,17 +18,20 @@ Several simultaneous failures become one ``ChallengeError`` listing each.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Protocol
+from typing import NoReturn, Protocol, TypeVar
 
 import anyio
 
 from lematt.acme.client import AcmeClient
-from lematt.acme.messages import Authorization, Status
+from lematt.acme.messages import Authorization, Challenge, Order, Status
 from lematt.errors import AcmeError, ChallengeError, LemattError
 
 HTTP_01 = "http-01"
+_T = TypeVar("_T")
+_R = TypeVar("_R")
 
 
 class ChallengeSolver(Protocol):
@@ -48,12 +51,42 @@ def _invalid(authz: Authorization, why: str) -> ChallengeError:
     return err
 
 
-async def _authorize(
-    client: AcmeClient, url: str, solver: ChallengeSolver, deadline: float
-) -> None:
-    authz = await client.get_authorization(url)
-    if authz.status == Status.VALID:
-        return  # reused by the CA: nothing to prove again (RFC 8555 section 7.1.3)
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+def _one_error(leaves: Sequence[BaseException], group: BaseException | None = None) -> NoReturn:
+    """Raise the LemattErrors of concurrent steps as one (the single one as itself)."""
+    if len(leaves) == 1:
+        single = leaves[0]
+        single.__suppress_context__ = True  # keep its own __cause__ (the CA's problem)
+        raise single from single.__cause__
+    raise ChallengeError("; ".join(str(exc) for exc in leaves)) from group
+
+
+async def _each(items: Sequence[_T], step: Callable[[_T], Awaitable[_R]]) -> list[_R]:
+    """``step`` for every item at once; results in order; errors as ``_one_error``."""
+    results: list[_R | None] = [None] * len(items)
+
+    async def run(i: int, item: _T) -> None:
+        results[i] = await step(item)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i, item in enumerate(items):
+                tg.start_soon(run, i, item)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if not all(isinstance(exc, LemattError) for exc in leaves):
+            raise
+        _one_error(leaves, group)
+    return results  # type: ignore[return-value]
+
+
+def _http01(authz: Authorization) -> Challenge:
     if authz.status != Status.PENDING:
         raise _invalid(authz, f"the CA's authorization is {authz.status}")
     challenge = authz.challenge(HTTP_01)
@@ -63,42 +96,40 @@ async def _authorize(
             f"{authz.name}: the CA offers no http-01 challenge (offered: {offered}); "
             "lematt can only prove names over http-01 (wildcards need dns-01)"
         )
-    key_auth = client.key_authorization(challenge.token)
-    async with solver.present(authz.identifier.value, challenge.token, key_auth):
-        if challenge.status == Status.PENDING:
-            # Only a pending challenge is answered; a processing one is already being checked.
-            await client.answer_challenge(challenge.url)
-        try:
-            authz = await client.poll_authorization(url, deadline)
-        except AcmeError as exc:
-            raise AcmeError(f"{authz.name}: {exc}") from exc
-    if authz.status != Status.VALID:
-        raise _invalid(authz, f"the CA could not validate the http-01 challenge ({authz.status})")
+    return challenge
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return out
+async def _authorize(client: AcmeClient, order: Order, order_url: str,
+                     solver: ChallengeSolver, deadline: float) -> Order:
+    """Prove every name of a pending order; return the order once it is no longer pending.
 
-
-async def _authorize_all(
-    client: AcmeClient, urls: Sequence[str], solver: ChallengeSolver, deadline: float
-) -> None:
-    try:
-        async with anyio.create_task_group() as tg:
-            for url in urls:
-                tg.start_soon(_authorize, client, url, solver, deadline)
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if not all(isinstance(exc, LemattError) for exc in leaves):
-            raise
-        if len(leaves) == 1:
-            single = leaves[0]
-            single.__suppress_context__ = True  # keep its own __cause__ (the CA's problem)
-            raise single from single.__cause__
-        raise ChallengeError("; ".join(str(exc) for exc in leaves)) from group
+    Authorizations that are already valid are skipped (RFC 8555 section 7.1.3: the CA may
+    reuse them). The others' http-01 challenges are presented and answered at once, then the
+    *order* is polled - one request per round for all names - until it is ready; if it turned
+    invalid, the authorizations are read again to say which names failed and why.
+    """
+    authzs = await _each(order.authorizations, client.get_authorization)
+    todo = [(a, _http01(a)) for a in authzs if a.status != Status.VALID]
+    if not todo:
+        return order
+    async with contextlib.AsyncExitStack() as presented:
+        for authz, challenge in todo:
+            assert challenge.token is not None
+            await presented.enter_async_context(solver.present(
+                authz.identifier.value, challenge.token,
+                client.key_authorization(challenge.token)))
+        # Only a pending challenge is answered; a processing one is already being checked.
+        await _each([c for _, c in todo if c.status == Status.PENDING],
+                     lambda c: client.answer_challenge(c.url))
+        order = await client.poll_order(order_url, deadline, until_authorized=True)
+    if order.status in (Status.READY, Status.PROCESSING, Status.VALID):
+        return order
+    failed = [a for a in await _each(order.authorizations, client.get_authorization)
+              if a.status != Status.VALID]
+    if not failed:
+        raise AcmeError(f"the CA marked the order {order_url} {order.status}: {order.error}")
+    _one_error([_invalid(a, f"the CA could not validate the http-01 challenge ({a.status})")
+                for a in failed])
 
 
 async def obtain(
@@ -116,8 +147,9 @@ async def obtain(
         order, order_url = await client.new_order(names)
         if order.status == Status.INVALID:
             raise AcmeError(f"the CA created the order for {what} as invalid: {order.error}")
-        if order.status in (Status.PENDING, Status.READY):
-            await _authorize_all(client, order.authorizations, solver, deadline)
+        if order.status == Status.PENDING:
+            order = await _authorize(client, order, order_url, solver, deadline)
+        if order.status == Status.READY:
             # Section 7.4: finalize once every authorization is valid (the order is "ready").
             order = await client.finalize(order_url, order.finalize, csr_der)
         if order.status != Status.VALID:
