@@ -56,6 +56,10 @@ class Settings:
     ssh_connect_timeout: float = 15.0
     ssh_command_timeout: float = 120.0
     parallel_hosts: int = 32
+    # Every request to the CA has a timeout and every order a deadline: a frozen CA ends the
+    # run with one clear error per certificate instead of a hang.
+    acme_request_timeout: float = 30.0
+    order_timeout: float = 600.0
 
     def tag(self, key_type: KeyType) -> str:
         return self.rsa_tag if key_type == "rsa" else self.curve_tag

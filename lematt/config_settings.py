@@ -56,6 +56,8 @@ KNOWN_KEYS = (
     "sshConnectTimeout",
     "sshCommandTimeout",
     "parallelHosts",
+    "acmeRequestTimeout",
+    "orderTimeout",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -164,6 +166,8 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "sshConnectTimeout": ("ssh_connect_timeout", _positive_seconds),
         "sshCommandTimeout": ("ssh_command_timeout", _positive_seconds),
         "parallelHosts": ("parallel_hosts", _positive_int),
+        "acmeRequestTimeout": ("acme_request_timeout", _positive_seconds),
+        "orderTimeout": ("order_timeout", _positive_seconds),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)

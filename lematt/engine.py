@@ -41,7 +41,6 @@ if TYPE_CHECKING:
     from lematt.challenges.forwarder import ForwarderHub
     from lematt.execution.ssh import SshPool
 
-ORDER_DEADLINE_SECONDS = 600.0
 # The forwarder outlives a run's last order by at most this much if lematt vanishes without
 # closing the SSH channel (it also exits at EOF, which is the normal way).
 FORWARDER_MARGIN_SECONDS = 300.0
@@ -146,7 +145,7 @@ class Engine:
             key, new_pem = await self._key_for(job)
             names = job.line.names
             csr_der = crypto.make_csr(key, names, must_staple=job.line.ocsp_must_staple)
-            deadline = anyio.current_time() + ORDER_DEADLINE_SECONDS
+            deadline = anyio.current_time() + self.settings.order_timeout
             chain = await obtain(client, names, csr_der, solver, deadline=deadline)
             chain_pem = chain.encode()
             info = crypto.check_issued(chain_pem, key, names)
@@ -260,7 +259,8 @@ class Engine:
                 planned[fwd] = planned.get(fwd, 0) + 1
         async with (
             AcmeClient.open(s.directory_url(self.options.test), account_key,
-                            ca_bundle=s.ca_bundle, rate_limiter=limiter) as client,
+                            ca_bundle=s.ca_bundle, rate_limiter=limiter,
+                            request_timeout=s.acme_request_timeout) as client,
             self._solver() as solver,
         ):
             await client.ensure_account(s.contact_email)
@@ -269,7 +269,7 @@ class Engine:
                 if planned:
                     assert pool is not None
                     ctx.hub = ForwarderHub(pool, s.ssh_config, tg, planned,
-                                           ORDER_DEADLINE_SECONDS + FORWARDER_MARGIN_SECONDS,
+                                           s.order_timeout + FORWARDER_MARGIN_SECONDS,
                                            self.reporter.info)
                 for lineno, line_jobs in by_line.items():
                     tg.start_soon(self._line, ctx, lines[lineno], line_jobs)
