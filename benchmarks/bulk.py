@@ -13,32 +13,35 @@ nothing. Loopback only, on ports offset by ``--port-offset`` so the test suite c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import pstats
-import resource
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchcommon import REPO, cpu_seconds, lematt_env
 
-from tests.rig import start_pebble  # noqa: E402
+from tests.rig import PebbleRig, start_pebble
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Let's Encrypt's per-endpoint limits (lematt's defaults) would cap a local Pebble at about
 # 25 certificates/s; this CA is ours, so the benchmark lifts them unless --le-limits.
 LIFTED_LIMITS = {"*": 5000, "newOrder": 5000, "newNonce": 5000}
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process, from /proc/PID/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+def ca_answers(pebble: PebbleRig) -> bool:
+    """Does the CA still answer a directory request within 5 s?"""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}),
+                                         urllib.request.HTTPSHandler(context=pebble.ssl_context()))
+    try:
+        with opener.open(pebble.directory_url, timeout=5) as reply:
+            return reply.status == 200
+    except (OSError, ValueError):
+        return False
 
 
 def write_conf(conf_dir: Path, lines: int, key_types: str, pebble: object,
@@ -74,39 +77,48 @@ def one_run(lines: int, parallel: int, key_types: str, args: argparse.Namespace
                     "-m", "lematt", "--test", "--cron", "--parallel", str(parallel),
                     "--config", str(conf)]
             pebble_cpu0 = cpu_seconds(pebble.pebble_pid())
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.monotonic()
-            proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True)
+            errors = work / "stderr.txt"
+            with errors.open("w") as err_file:
+                proc = subprocess.Popen(argv, cwd=REPO, env=lematt_env(),
+                                        stdout=subprocess.DEVNULL, stderr=err_file)
             stalled, seen, last_change = False, -1, start
-            while proc.poll() is None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(timeout=1)
+            usage = None
+            while usage is None:
+                # wait4, not wait: lematt's own CPU time and peak RSS, not the whole tree's.
+                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+                if pid:
+                    usage, proc.returncode = rusage, os.waitstatus_to_exitcode(status)
+                    break
+                time.sleep(0.25)  # progress check interval; ends with lematt or the stall
                 done = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() \
                     else 0
                 if done != seen:
                     seen, last_change = done, time.monotonic()
-                elif time.monotonic() - last_change > args.stall_seconds:
+                elif time.monotonic() - last_change > args.stall_seconds and not stalled:
                     stalled = True
-                    proc.kill()
-            _out, err = proc.communicate()
+                    print(f"  no certificate for {args.stall_seconds:.0f} s: "
+                          f"{'Pebble answers' if ca_answers(pebble) else 'Pebble is stalled'}"
+                          "; stopping lematt (SIGTERM)", flush=True)
+                    proc.terminate()
+            err = errors.read_text()
             wall = time.monotonic() - start
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
             pebble_cpu = cpu_seconds(pebble.pebble_pid()) - pebble_cpu0
             certs = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() else 0
             if args.profile and profile.exists():
                 pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
-    lematt_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    lematt_cpu = usage.ru_utime + usage.ru_stime
     expected = lines * len(key_types.split())
     return {
         "lines": lines, "key_types": key_types, "parallel": parallel, "certificates": certs,
         "failed": expected - certs, "exit": proc.returncode, "stalled_ca": stalled,
         "wall_s": round(wall, 2), "certs_per_s": round(certs / wall, 2) if wall else None,
-        "lematt_cpu_s": round(lematt_cpu, 2), "pebble_cpu_s": round(pebble_cpu, 2),
+        "lematt_cpu_s": round(lematt_cpu, 2), "lematt_user_s": round(usage.ru_utime, 2),
+        "lematt_sys_s": round(usage.ru_stime, 2), "pebble_cpu_s": round(pebble_cpu, 2),
         "lematt_cpu_ms_per_cert": round(1000 * lematt_cpu / certs, 1) if certs else None,
         "pebble_cpu_ms_per_cert": round(1000 * pebble_cpu / certs, 1) if certs else None,
         "cores_busy": round((lematt_cpu + pebble_cpu) / (wall * (os.cpu_count() or 1)), 2),
-        "peak_rss_mib": round(after.ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
         "stderr_tail": err.strip().splitlines()[-3:],
     }
 

@@ -19,11 +19,10 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchcommon import REPO, lematt_env
 
-from tests.rig import start_pebble  # noqa: E402
-from tests.sshd_rig import ClientKit, start_sshd  # noqa: E402
+from tests.rig import start_pebble
+from tests.sshd_rig import ClientKit, start_sshd
 
 SSHD_PORT = 2222
 
@@ -66,7 +65,7 @@ def main() -> int:
         proc = subprocess.run(
             [sys.executable, "-m", "lematt", "--test", "--cron", "--config",
              str(conf / "lematt.conf"), "--json", str(work / "run.json")],
-            cwd=REPO, capture_output=True, text=True, timeout=900, check=False)
+            cwd=REPO, env=lematt_env(), capture_output=True, text=True, timeout=900, check=False)
         run_wall = time.monotonic() - start
         summary = json.loads((work / "run.json").read_text())
     hosts = summary["deploy"]["hosts_s"]

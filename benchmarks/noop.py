@@ -23,13 +23,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from benchcommon import REPO, lematt_env
 
-from lematt import config as config_mod  # noqa: E402
-from lematt import crypto  # noqa: E402
-from lematt.store import Store  # noqa: E402
-from tests.certs import LocalCA  # noqa: E402
+from lematt import config as config_mod
+from lematt import crypto
+from lematt.store import Store
+from tests.certs import LocalCA
 
 
 def build(conf_dir: Path, lines: int) -> None:
@@ -62,8 +61,8 @@ def build(conf_dir: Path, lines: int) -> None:
 def timed_run(conf_dir: Path) -> tuple[float, int, str, float]:
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "lematt", "--prod", "--cron", "--config",
-                           str(conf_dir / "lematt.conf")], cwd=REPO, capture_output=True,
-                          text=True, check=False, timeout=600)
+                           str(conf_dir / "lematt.conf")], cwd=REPO, env=lematt_env(),
+                          capture_output=True, text=True, check=False, timeout=600)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return wall, proc.returncode, proc.stdout + proc.stderr, after.ru_maxrss / 1024

@@ -243,7 +243,7 @@ class Engine:
 
     async def _orders(self, jobs: list[Job], pool: SshPool | None) -> list[Outcome]:
         from lematt.acme.client import AcmeClient
-        from lematt.acme.limits import RequestRateLimiter
+        from lematt.acme.limits import RequestRateLimiter, order_limiter
         from lematt.challenges.forwarder import ForwarderHub
 
         s = self.settings
@@ -264,7 +264,7 @@ class Engine:
             self._solver() as solver,
         ):
             await client.ensure_account(s.contact_email)
-            ctx = _Orders(client, solver, anyio.CapacityLimiter(self.options.parallel))
+            ctx = _Orders(client, solver, order_limiter(self.options.parallel))
             async with anyio.create_task_group() as tg:
                 if planned:
                     assert pool is not None

@@ -1,4 +1,4 @@
-"""One interface for running commands, locally or (later) over SSH.
+"""One interface for running commands, locally (``local``) or over SSH (``ssh``).
 
 Contract: a runner has a ``name`` (the host label used in messages and ordering), ``run``
 (a command to completion under a timeout, returning a ``CommandResult`` - a non-zero exit is a
@@ -41,7 +41,7 @@ class Runner(Protocol):
 
     async def run(self, command: str, *, timeout: float) -> CommandResult: ...
 
-    def background(self, command: str) -> AbstractAsyncContextManager[None]: ...
+    def background(self, command: str) -> AbstractAsyncContextManager[object]: ...
 
 
 @dataclass(frozen=True)
