@@ -97,9 +97,12 @@ def one_run(lines: int, parallel: int, key_types: str, args: argparse.Namespace
                     seen, last_change = done, time.monotonic()
                 elif time.monotonic() - last_change > args.stall_seconds and not stalled:
                     stalled = True
-                    print(f"  no certificate for {args.stall_seconds:.0f} s: "
-                          f"{'Pebble answers' if ca_answers(pebble) else 'Pebble is stalled'}"
-                          "; stopping lematt (SIGTERM)", flush=True)
+                    # Pebble 2.4's deadlock leaves the directory answering while every handler
+                    # that touches its store hangs; lematt's stderr then shows the timeouts.
+                    state = ("its directory still answers; see lematt's per-request timeouts "
+                             "below" if ca_answers(pebble) else "it does not answer at all")
+                    print(f"  no certificate for {args.stall_seconds:.0f} s: CA stalled? "
+                          f"{state}; stopping lematt (SIGTERM)", flush=True)
                     proc.terminate()
             err = errors.read_text()
             wall = time.monotonic() - start

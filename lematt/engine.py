@@ -60,7 +60,7 @@ class _Orders:
 @dataclass(frozen=True)
 class Options:
     test: bool
-    parallel: int = 10
+    parallel: int = 20
     now: datetime | None = None
 
 

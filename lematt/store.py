@@ -6,12 +6,14 @@ Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only i
     <tree>/csr/<stem>-csr.<tag>[.test].csr             the CSR last used (PEM)
     <tree>/cert/<stem>-cert-combined.<tag>[.test].pem  leaf + chain as the CA sent it
     <tree>/{key,cert}/<name>-...                        per-name symlinks, SAN lines only
+    <tree>/.staging/, <tree>/.journal/                  new files before they go live
 
 ``<stem>`` is ``names.file_stem`` of the line; ``<tag>`` is rsaTag or curveTag.
 
 Contract:
-- ``commit`` makes key, CSR and certificate live together: all three are written to temp
-  files first, then a journal naming the pending renames is written, then the renames run.
+- ``commit`` makes key, CSR and certificate live together: all three are written to
+  ``.staging`` first (fsynced, keys 0600 from the first byte), then a journal naming the
+  pending renames is written (fsynced), then the renames run.
   A crash at any point leaves either the old pair or (after ``recover`` at the next start)
   the new one - never a new key beside an old certificate.
 - ``lock`` takes a non-blocking exclusive lock on the conf dir; a second run fails at once.
@@ -24,11 +26,12 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from lematt.atomic import fsync_dir, symlink_atomic, temp_name, write_atomic, write_temp
+from lematt.atomic import fsync_dir, symlink_atomic, write_atomic, write_temp
 from lematt.config import CertLine, KeyType, Settings
 from lematt.errors import LockError, StoreError
 
@@ -53,6 +56,9 @@ class Store:
         self.test = test
         self.root = settings.conf_dir / ("test" if test else "prod")
         self.journal_dir = self.root / ".journal"
+        # New files are written here first and renamed into key/, csr/, cert/ (one file
+        # system, so the rename is atomic); a crash leaves debris only here.
+        self.staging_dir = self.root / ".staging"
         self._root_str = str(self.root)
         suffix = ".test" if test else ""
         self._pem_end: dict[str, str] = {kt: f".{settings.tag(kt)}{suffix}.pem"
@@ -104,6 +110,7 @@ class Store:
             # Keys live here: keep the directory itself private too.
             os.chmod(self.root / "key", 0o700)
             self.journal_dir.mkdir(exist_ok=True)
+            self.staging_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the certificate tree {self.root}: {exc}") from exc
 
@@ -159,15 +166,12 @@ class Store:
         """Make (new key,) CSR and chain live together; ``key_pem`` None keeps the old key."""
         paths = self.paths(line, key_type)
         journal = self.journal_dir / f"{paths.cert.name}.json"
-        intent = self.journal_dir / f"{paths.cert.name}.intent"
         targets = ([(paths.key, key_pem, KEY_MODE)] if key_pem is not None else []) + [
             (paths.csr, csr_pem, PUBLIC_MODE), (paths.cert, chain_pem, PUBLIC_MODE)]
-        pending = [(temp_name(target), target) for target, _, _ in targets]
+        token = secrets.token_hex(4)
+        pending = [(self.staging_dir / f"{target.name}.{token}", target)
+                   for target, _, _ in targets]
         try:
-            # The intent names the temp files before they exist, so that recovery after a
-            # crash can remove them without listing directories of 100,000 entries.
-            # Not fsynced: losing it in a power cut only leaves a hidden temp file behind.
-            intent.write_text(json.dumps([str(t) for t, _ in pending]))
             for (tmp, target), (_, data, mode) in zip(pending, targets, strict=True):
                 write_temp(target, data, mode, tmp)
             record = {
@@ -180,8 +184,6 @@ class Store:
             for tmp, _ in pending:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
-            with contextlib.suppress(OSError):
-                intent.unlink()
             raise StoreError(f"cannot write {paths.cert.parent}: {exc}; old files kept") from exc
         # From here on the journal guarantees the new pair goes live, now or at the next start.
         self._roll_forward(journal, record)
@@ -200,8 +202,6 @@ class Store:
             for link_rel, target in record["links"]:
                 self._link(self.root / link_rel, target)
             journal.unlink()
-            with contextlib.suppress(FileNotFoundError):
-                journal.with_suffix(".intent").unlink()
         except OSError as exc:
             raise StoreError(
                 f"cannot finish storing {journal.stem}: {exc}; the next run completes it"
@@ -260,15 +260,12 @@ class Store:
                 raise StoreError(f"unreadable journal {journal}: {exc}; inspect it") from exc
             self._roll_forward(journal, record)
             done.append(f"completed an interrupted store of {journal.stem}")
-        # Temp files of a commit that crashed before its journal was written: never live.
-        for intent in sorted(self.journal_dir.glob("*.intent")):
-            try:
-                names = json.loads(intent.read_bytes())
-            except (OSError, ValueError):
-                names = []
-            for name in names:
+        # Whatever is left in staging belongs to a commit that crashed before its journal
+        # was written: it never went live. (Staging is small; the key and cert directories,
+        # which can hold 100,000 entries, are never listed.)
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.staging_dir) as it:
+            for entry in it:
                 with contextlib.suppress(OSError):
-                    os.unlink(name)
-            intent.unlink()
+                    os.unlink(entry.path)
         return done
 

@@ -110,12 +110,21 @@ def test_recover_drops_temp_files_of_a_commit_that_crashed_before_its_journal(
         tmp_path: Path) -> None:
     store = Store(settings(tmp_path), test=False)
     store.ensure_dirs()
-    orphan = store.root / "key" / ".x-key.pem.lematt-tmp-abcd"
+    orphan = store.staging_dir / "x-key.pem.abcd1234"
     orphan.write_bytes(b"half")
-    (store.journal_dir / "x-cert.pem.intent").write_text(json.dumps([str(orphan)]))
     assert store.recover() == []
     assert not orphan.exists()
     assert list(store.journal_dir.iterdir()) == []
+
+
+def test_commit_leaves_nothing_in_staging_and_staging_is_private(tmp_path: Path) -> None:
+    store = Store(settings(tmp_path), test=False)
+    store.ensure_dirs()
+    line = CertLine(1, ("a.example.com",))
+    _, key_pem, csr, chain = _material(line.names)
+    store.commit(line, "ec", key_pem=key_pem, csr_pem=csr, chain_pem=chain)
+    assert list(store.staging_dir.iterdir()) == []
+    assert stat.S_IMODE(store.staging_dir.stat().st_mode) == 0o700
 
 
 def test_link_never_replaces_a_real_file(tmp_path: Path) -> None:
