@@ -1,11 +1,13 @@
 """One run of lematt: the task-group tree from plan to deploy.
 
-Contract: ``run(config, options, reporter)`` takes the conf-dir lock, finishes any store an
-earlier crash interrupted, plans, orders every due job (at most ``options.parallel`` orders in
-flight), stores each new pair atomically, then runs the actions of the renewed certificates.
+Contract: ``Engine(config, options, reporter).run()`` takes the conf-dir lock, finishes any
+store an earlier crash interrupted, plans, orders every due job (at most ``options.parallel``
+orders in flight; each line inside its forwarders and prepare commands), stores each new pair
+atomically, then deploys the renewed certificates and any deploy an earlier run left pending.
 A job's failure is a value (an ``Outcome`` with its error text); only run-wide problems (the
 lock, the account, the challenge listener) raise, as ``LemattError``. Nothing live is touched
-before a certificate has been downloaded and checked against our key and names.
+before a certificate has been downloaded and checked against our key and names. One SSH pool
+serves the whole run (forwarders and deploys), opened only when an SSH action is needed.
 """
 
 from __future__ import annotations

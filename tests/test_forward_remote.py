@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT, MakeConf, RunLematt, SshdHostFactory
+from tests.fakes import BlackHole
 from tests.rig import PebbleRig
 from tests.sshd_rig import ClientKit
 
@@ -108,32 +108,6 @@ def test_forwarder_that_cannot_bind_fails_only_its_orders(
     assert f"the forwarder on {host.alias}" in result.stderr
     assert "in use" in result.stderr and "orders were not started" in result.stderr
     assert not (tmp_path / "test/cert/busy.fwd.test-cert-combined.prime256v1.test.pem").exists()
-
-
-class BlackHole:
-    """A TCP server that accepts and never answers: holds Pebble's validation (and so the
-    run, with its forwarder) open for as long as the test needs. No real peer does this on
-    purpose, which is why it is a fake."""
-
-    def __init__(self, address: str) -> None:
-        self.sock = socket.socket()
-        self.sock.bind((address, 0))
-        self.sock.listen()
-        self.port = self.sock.getsockname()[1]
-        self.clients: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._accept, daemon=True)
-        self.thread.start()
-
-    def _accept(self) -> None:
-        with contextlib.suppress(OSError):
-            while True:
-                conn, _ = self.sock.accept()
-                self.clients.append(conn)
-
-    def close(self) -> None:
-        for c in self.clients:
-            c.close()
-        self.sock.close()
 
 
 def test_lematt_killed_while_forwarder_runs_forwarder_exits_by_itself(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from lematt import crypto
-from tests.conftest import REPO_ROOT, MakeConf, RunLematt
+from tests.conftest import REPO_ROOT, ChallengeDrop, MakeConf, RunLematt
 from tests.rig import PebbleRig
 
 
@@ -271,3 +272,47 @@ def test_unreachable_ca_is_one_clear_line_and_exit_1(
     assert result.returncode == 1
     assert "127.0.0.1:9" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_interrupted_run_stops_prepares_removes_tokens_and_keeps_pairs(
+        tmp_path: Path, make_conf: MakeConf, pebble: PebbleRig,
+        challenge_server: ChallengeDrop) -> None:
+    """Ctrl-C (SIGINT) and SIGTERM while an order waits on validation: the prepare command's
+    whole process group is stopped, no token file is left, and lematt says so and exits."""
+    from tests.fakes import BlackHole
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        work = tmp_path / sig.name
+        work.mkdir()
+        pidfile = work / "prepare.pid"
+        (work / "actions.conf").write_text(
+            f"[default]\nprepare: [\"sleep 307 & echo $! > '{pidfile}'; wait\"]\n")
+        conf = make_conf(work, "stuck.run.test\n", extra_conf={"keyTypes": "ec"})
+        # The CA's validation connects to a server that never answers: the order hangs.
+        hole = BlackHole("127.0.0.8", pebble.http_port)
+        pebble.add_a("stuck.run.test", "127.0.0.8")
+        try:
+            lematt = subprocess.Popen(
+                [sys.executable, "-m", "lematt", "--test", "--config", str(conf)],
+                cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                for _ in range(600):
+                    if hole.clients and pidfile.exists() and pidfile.read_text().strip():
+                        break
+                    time.sleep(0.05)  # bounded wait until the order is in validation
+                assert hole.clients, "the CA never tried to validate"
+                lematt.send_signal(sig)
+                _out, err = lematt.communicate(timeout=60)
+            finally:
+                if lematt.poll() is None:
+                    lematt.kill()
+        finally:
+            pebble.clear_a("stuck.run.test")
+            hole.close()
+        assert lematt.returncode == 1 and "interrupted" in err, err
+        assert "Traceback" not in err
+        child = int(pidfile.read_text())
+        assert not Path(f"/proc/{child}").exists() or "Z" in Path(
+            f"/proc/{child}/stat").read_text().split()[2]
+        assert list(challenge_server.drop_dir.iterdir()) == []
+        assert not (work / "test/cert/stuck.run.test-cert-combined.prime256v1.test.pem").exists()
