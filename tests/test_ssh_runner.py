@@ -337,6 +337,9 @@ async def test_silent_listener_times_out(ssh_client_kit: ClientKit) -> None:
     # A TCP peer that never sends an SSH banner (a hung sshd, a black-holing middlebox):
     # the kernel completes the handshake from the backlog, nothing more ever arrives.
     with socket.socket() as silent:
+        # Another test's sshd may have used this address:port; its connections can still be
+        # in TIME_WAIT, which only SO_REUSEADDR lets a new listener ignore.
+        silent.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         silent.bind(("127.0.0.7", SSHD_PORT))
         silent.listen(1)
         dest = _destination(ssh_client_kit, f"127.0.0.7:{SSHD_PORT}")
