@@ -82,19 +82,25 @@ class Deployer:
     def _lines_by_names(self) -> dict[tuple[str, ...], CertLine]:
         return {line.names: line for line in self.config.lines}
 
-    def plan(self, renewed: Sequence[CertLine]) -> dict[str, list[Step]]:
+    def plan(self, renewed: Sequence[CertLine]) -> tuple[dict[str, list[Step]], list[str]]:
         """Steps per host: the renewed lines, plus for a host with a pending deploy the
-        lines it still owes (lines no longer configured are dropped)."""
+        lines it still owes (lines no longer configured are dropped). Also returns the
+        pending hosts the config no longer deploys to (their debt is void)."""
         actions, store = self.config.actions, self.store
         plans = deploy_plan(actions, renewed, store, self._resolve)
         known = self._lines_by_names()
+        void: list[str] = []
         for host, owed in self.store.load_pending().items():
             lines = list(renewed) + [known[n] for n in owed if n in known
                                      and known[n] not in renewed]
             steps = deploy_plan(actions, lines, store, self._resolve).get(host)
             if steps:
+                if host not in plans and not renewed:
+                    self.reporter.change(f"retrying the pending deploy to {host}")
                 plans[host] = steps
-        return plans
+            else:
+                void.append(host)
+        return plans, void
 
     def _owed(self, steps: Sequence[Step], lines: Sequence[CertLine]) -> list[tuple[str, ...]]:
         """The lines a host's failed steps were deploying (for the pending file)."""
@@ -107,8 +113,10 @@ class Deployer:
 
     # -- running --------------------------------------------------------------------------
     async def run(self, renewed: Sequence[CertLine]) -> list[StepOutcome]:
-        plans = self.plan(renewed)
+        plans, void = self.plan(renewed)
         if not plans:
+            if void:
+                self.store.save_pending({})  # only void debts were left
             return []
         needs_ssh = any(s.destination is not None for steps in plans.values() for s in steps)
         results: dict[str, list[StepOutcome]] = {}
@@ -132,11 +140,13 @@ class Deployer:
                 for host, steps in plans.items():
                     tg.start_soon(host_task, host, steps)
         self.wall_seconds = anyio.current_time() - started
-        return self._finish(plans, results, renewed)
+        return self._finish(plans, results, renewed, void)
 
     def _finish(self, plans: dict[str, list[Step]], results: dict[str, list[StepOutcome]],
-                renewed: Sequence[CertLine]) -> list[StepOutcome]:
+                renewed: Sequence[CertLine], void: list[str]) -> list[StepOutcome]:
         pending = self.store.load_pending()
+        for host in void:
+            pending.pop(host, None)
         known = self._lines_by_names()
         outcomes: list[StepOutcome] = []
         for host, steps in plans.items():

@@ -310,10 +310,6 @@ class Engine:
                 self.reporter.info(
                     f"all {len(found)} certificates are current; nothing to do")
                 return result
-            if not jobs:
-                hosts = ", ".join(sorted(pending))
-                self.reporter.change(f"all certificates are current; retrying the pending "
-                                     f"deploy to {hosts}")
             for job in jobs:
                 self.reporter.info(f"due: {job.label}: {job.reason}")
             async with contextlib.AsyncExitStack() as stack:

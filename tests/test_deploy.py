@@ -160,6 +160,14 @@ def test_unreachable_and_wrong_key_hosts_fail_alone_then_pending_deploy_is_retri
     pending = json.loads((tmp_path / "test/.deploy-pending.json").read_text())
     assert list(pending) == [f"[127.0.0.9]:{good.port}"]
 
+    # The user drops the dead host from actions.conf: its debt is void, the run is quiet.
+    del actions["default"]["uploadCerts"][2]
+    conf_with(make_conf, tmp_path, ssh_client_kit, "iso.deploy.test\n", actions,
+              keyTypes="ec", sshConnectTimeout=5)
+    third = run_lematt("--test", "--cron", "--config", conf)
+    assert (third.returncode, third.stdout, third.stderr) == (0, "", "")
+    assert not (tmp_path / "test/.deploy-pending.json").exists()
+
 
 def test_hanging_command_is_stopped_at_its_timeout(
         tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt,

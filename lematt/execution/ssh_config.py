@@ -153,7 +153,7 @@ class SshDestination:
                               path=None if named else path_used) from exc
         config = options.config
         # Read from the parsed file rather than options.known_hosts: asyncssh maps
-        # "UserKnownHostsFile none" to known_hosts=None, i.e. *no checking at all*.
+        # "UserKnownHostsFile none" to an absent known_hosts option, i.e. *no checking at all*.
         user_files = cast("list[str] | None", config.get("UserKnownHostsFile"))  # []: none
         global_files = cast("list[str]", config.get("GlobalKnownHostsFile") or [])
         known = [DEFAULT_KNOWN_HOSTS] if user_files is None else list(user_files)
