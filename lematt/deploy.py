@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from lematt.execution.ssh import SshPool
     from lematt.execution.ssh_config import SshDestination
 
-LOCAL_COMMAND_TIMEOUT = 600.0  # rsync of many files can take a while; a hang must not
+LOCAL_COMMAND_TIMEOUT = 600.0  # rsync of many files takes a while; a hung one must still end
 
 
 class Deployer:
