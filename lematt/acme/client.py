@@ -401,20 +401,13 @@ class AcmeClient:
         )
         return Order.from_json(reply.json(), order_url)
 
-    async def poll_order(self, url: str, deadline: float, *, until_authorized: bool = False
-                         ) -> Order:
-        """Poll until the order is neither pending nor processing (RFC 8555 section 7.4).
-
-        ``until_authorized``: stop as soon as it is no longer pending (ready, or invalid when
-        an authorization failed). One order poll stands for all its authorizations, so a
-        SAN order costs one request per round, not one per name.
-        """
-        waiting = (Status.PENDING,) if until_authorized else (Status.PENDING, Status.PROCESSING)
+    async def poll_order(self, url: str, deadline: float) -> Order:
+        """Poll until the order is neither pending nor processing (RFC 8555 section 7.4)."""
         return await self._poll(
             url,
             deadline,
             Order.from_json,
-            lambda o: o.status not in waiting,
+            lambda o: o.status not in (Status.PENDING, Status.PROCESSING),
             f"waiting for the order {url}",
         )
 
