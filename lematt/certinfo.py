@@ -23,7 +23,3 @@ class CertInfo:
     not_after: datetime
     names: frozenset[str]
     public_key_der: bytes = field(default=b"", compare=False)
-
-    @property
-    def lifetime_seconds(self) -> float:
-        return (self.not_after - self.not_before).total_seconds()

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lematt.acme.limits import ENDPOINT_NAMES
 from lematt.config import KeyType, Settings
 from lematt.config_source import (
     Block,
@@ -64,9 +65,7 @@ RSA_BITS = (2048, 3072, 4096)
 # openssl names prime256v1 and secp256r1 the same curve (P-256); Settings keeps one spelling.
 CURVES = {"prime256v1": "prime256v1", "secp256r1": "prime256v1", "secp384r1": "secp384r1"}
 KEY_TYPES: tuple[KeyType, ...] = ("rsa", "ec")
-RATE_LIMIT_ENDPOINTS = (
-    "directory", "newNonce", "newAccount", "newOrder", "revokeCert", "renewalInfo", "*",
-)
+RATE_LIMIT_ENDPOINTS = ENDPOINT_NAMES  # one list: the limiter's buckets
 
 # Tags become part of file names (name-cert-combined.<tag>.pem), so keep them file-name safe.
 _TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

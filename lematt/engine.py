@@ -97,13 +97,13 @@ def load_or_create_account_key(path: Path, reporter: Reporter) -> crypto.Private
 
     data = Store.read_bytes(path)
     if data is None:
+        data = crypto.generate_private_pem("ec", curve="prime256v1")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, crypto.generate_private_pem("ec", curve="prime256v1"), 0o600)
+            write_atomic(path, data, 0o600)
         except OSError as exc:
             raise StoreError(f"accountKey {path}: cannot create it: {exc}") from exc
         reporter.change(f"created a new ACME account key (EC P-256) at {path}")
-        data = path.read_bytes()
     return crypto.load_private_key(data, source=f"accountKey {path}")
 
 

@@ -23,7 +23,6 @@ class Reporter:
     test: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
-    failures: int = 0
 
     def _prefix(self) -> str:
         return "[TEST] " if self.test else ""
@@ -39,7 +38,6 @@ class Reporter:
         print(f"{self._prefix()}warning: {message}", file=self.err, flush=True)
 
     def failure(self, message: str) -> None:
-        self.failures += 1
         print(f"{self._prefix()}FAILED: {message}", file=self.err, flush=True)
 
 

@@ -195,14 +195,16 @@ class Account:
         )
 
 
+def is_valid_token(token: object) -> bool:
+    """1..MAX_TOKEN_LENGTH base64url characters (RFC 8555 section 8.3): the one rule both the
+    message parser and every challenge solver apply before a token reaches a file or a URL."""
+    return (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_LENGTH
+            and _TOKEN_RE.fullmatch(token) is not None)
+
+
 def check_token(token: Any, url: str) -> str:
-    """The token, if it is 1..MAX_TOKEN_LENGTH base64url characters (RFC 8555 section 8.3)."""
-    if (
-        not isinstance(token, str)
-        or not token
-        or len(token) > MAX_TOKEN_LENGTH
-        or not _TOKEN_RE.fullmatch(token)
-    ):
+    """The token, if ``is_valid_token``; else ``ChallengeError`` naming the challenge."""
+    if not is_valid_token(token):
         shown = token[:40] if isinstance(token, str) else token
         raise ChallengeError(
             f"the CA sent an invalid token {shown!r} in challenge {url}: a token must be "

@@ -9,16 +9,13 @@ it reaches a file name or a URL table: a hostile CA must not write outside the d
 
 from __future__ import annotations
 
-import re
-
+from lematt.acme.messages import is_valid_token
 from lematt.errors import ChallengeError
-
-TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{1,512}")
 
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 
 
 def check_token(token: str) -> str:
-    if not TOKEN_RE.fullmatch(token):
+    if not is_valid_token(token):
         raise ChallengeError(f"the CA sent an invalid token {token[:40]!r}; nothing was written")
     return token
