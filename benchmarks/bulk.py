@@ -13,9 +13,12 @@ nothing. Loopback only, on ports offset by ``--port-offset`` so the test suite c
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import pstats
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -44,6 +47,18 @@ def ca_answers(pebble: PebbleRig) -> bool:
         return False
 
 
+def dump_goroutines(pebble: PebbleRig) -> Path:
+    """Make the stalled Pebble print its goroutine stacks (Go does that on SIGQUIT, then
+    exits) and keep its log, which then holds them, beyond the run's temp dir."""
+    os.kill(pebble.pebble_pid(), signal.SIGQUIT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and pebble.pebble_alive():
+        time.sleep(0.1)  # bounded: Go writes the dump and exits within milliseconds
+    kept = Path(tempfile.gettempdir()) / f"lematt-bench-pebble-stall-{os.getpid()}.log"
+    shutil.copyfile(pebble.pebble_log, kept)
+    return kept
+
+
 def write_conf(conf_dir: Path, lines: int, key_types: str, pebble: object,
                rate_limits: dict[str, int] | None) -> Path:
     conf_dir.mkdir()
@@ -60,56 +75,58 @@ def write_conf(conf_dir: Path, lines: int, key_types: str, pebble: object,
     return conf
 
 
-def one_run(lines: int, parallel: int, key_types: str, args: argparse.Namespace
-            ) -> dict[str, object]:
+def one_run(lines: int, parallel: int, key_types: str, args: argparse.Namespace,
+            work: Path) -> dict[str, object]:
     o = args.port_offset
-    with tempfile.TemporaryDirectory(prefix="lematt-bench-") as tmp:
-        work = Path(tmp)
-        with start_pebble(work / "pebble", acme_port=14000 + o, management_port=15000 + o,
-                          http_port=5002 + o, tls_port=5001 + o, dns_port=8053 + o,
-                          challtestsrv_port=8055 + o) as pebble:
-            conf = write_conf(work / "conf", lines, key_types, pebble,
-                              None if args.le_limits else LIFTED_LIMITS)
-            certs_dir = work / "conf" / "test" / "cert"
-            profile = work / "lematt.prof"
-            argv = [sys.executable, *(["-m", "cProfile", "-o", str(profile)]
-                                      if args.profile else []),
-                    "-m", "lematt", "--test", "--cron", "--parallel", str(parallel),
-                    "--config", str(conf)]
-            pebble_cpu0 = cpu_seconds(pebble.pebble_pid())
-            start = time.monotonic()
-            errors = work / "stderr.txt"
-            with errors.open("w") as err_file:
-                proc = subprocess.Popen(argv, cwd=REPO, env=lematt_env(),
-                                        stdout=subprocess.DEVNULL, stderr=err_file)
-            stalled, seen, last_change = False, -1, start
-            usage = None
-            while usage is None:
-                # wait4, not wait: lematt's own CPU time and peak RSS, not the whole tree's.
-                pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-                if pid:
-                    usage, proc.returncode = rusage, os.waitstatus_to_exitcode(status)
-                    break
-                time.sleep(0.25)  # progress check interval; ends with lematt or the stall
-                done = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() \
-                    else 0
-                if done != seen:
-                    seen, last_change = done, time.monotonic()
-                elif time.monotonic() - last_change > args.stall_seconds and not stalled:
-                    stalled = True
-                    # Pebble 2.4's deadlock leaves the directory answering while every handler
-                    # that touches its store hangs; lematt's stderr then shows the timeouts.
-                    state = ("its directory still answers; see lematt's per-request timeouts "
-                             "below" if ca_answers(pebble) else "it does not answer at all")
-                    print(f"  no certificate for {args.stall_seconds:.0f} s: CA stalled? "
-                          f"{state}; stopping lematt (SIGTERM)", flush=True)
-                    proc.terminate()
-            err = errors.read_text()
-            wall = time.monotonic() - start
-            pebble_cpu = cpu_seconds(pebble.pebble_pid()) - pebble_cpu0
-            certs = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() else 0
-            if args.profile and profile.exists():
-                pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
+    with start_pebble(work / "pebble", acme_port=14000 + o, management_port=15000 + o,
+                      http_port=5002 + o, tls_port=5001 + o, dns_port=8053 + o,
+                      challtestsrv_port=8055 + o) as pebble:
+        conf = write_conf(work / "conf", lines, key_types, pebble,
+                          None if args.le_limits else LIFTED_LIMITS)
+        certs_dir = work / "conf" / "test" / "cert"
+        profile = work / "lematt.prof"
+        argv = [sys.executable, *(["-m", "cProfile", "-o", str(profile)]
+                                  if args.profile else []),
+                "-m", "lematt", "--test", "--cron", "--parallel", str(parallel),
+                "--config", str(conf)]
+        pebble_cpu0 = cpu_seconds(pebble.pebble_pid())
+        start = time.monotonic()
+        errors = work / "stderr.txt"
+        with errors.open("w") as err_file:
+            proc = subprocess.Popen(argv, cwd=REPO, env=lematt_env(),
+                                    stdout=subprocess.DEVNULL, stderr=err_file)
+        stalled, seen, last_change = False, -1, start
+        pebble_cpu_at_stall = 0.0
+        usage = None
+        while usage is None:
+            # wait4, not wait: lematt's own CPU time and peak RSS, not the whole tree's.
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                usage, proc.returncode = rusage, os.waitstatus_to_exitcode(status)
+                break
+            time.sleep(0.25)  # progress check interval; ends with lematt or the stall
+            done = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() \
+                else 0
+            if done != seen:
+                seen, last_change = done, time.monotonic()
+            elif time.monotonic() - last_change > args.stall_seconds and not stalled:
+                stalled = True
+                # Pebble 2.4's deadlock leaves the directory answering while every handler
+                # that touches its store hangs; lematt's stderr then shows the timeouts.
+                state = ("its directory still answers; see lematt's per-request timeouts "
+                         "below" if ca_answers(pebble) else "it does not answer at all")
+                print(f"  no certificate for {args.stall_seconds:.0f} s: CA stalled? "
+                      f"{state}; stopping lematt (SIGTERM)", flush=True)
+                proc.terminate()
+                pebble_cpu_at_stall = cpu_seconds(pebble.pebble_pid())
+                print(f"  Pebble's goroutines: {dump_goroutines(pebble)}", flush=True)
+        err = errors.read_text()
+        wall = time.monotonic() - start
+        pebble_cpu = (pebble_cpu_at_stall if stalled else cpu_seconds(pebble.pebble_pid())
+                      ) - pebble_cpu0
+        certs = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() else 0
+        if args.profile and profile.exists():
+            pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
     lematt_cpu = usage.ru_utime + usage.ru_stime
     expected = lines * len(key_types.split())
     return {
@@ -137,14 +154,37 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="run lematt under cProfile")
     ap.add_argument("--le-limits", action="store_true",
                     help="keep lematt's default (Let's Encrypt) request-rate limits")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per configuration")
+    ap.add_argument("--retries", type=int, default=2,
+                    help="fresh-Pebble reruns of a run whose CA stalled")
     args = ap.parse_args()
+    # Every run's conf dir stays until the benchmark exits: deleting thousands of files
+    # between runs would slow the next run's file creation (on ext4 without a journal, each
+    # new inode is checked against those freed in the last ~30 s), measuring the harness
+    # instead of lematt. For the same reason, leave half a minute between invocations.
+    with tempfile.TemporaryDirectory(prefix="lematt-bench-") as tmp:
+        return run_all(args, Path(tmp))
+
+
+def run_all(args: argparse.Namespace, tmp: Path) -> int:
     print(f"{'lines':>5} {'keys':>7} {'par':>4} {'certs':>5} {'fail':>4} {'wall s':>7} "
           f"{'cert/s':>7} {'ms cpu/cert':>11} {'pebble ms':>9} {'busy':>5} {'rss MiB':>7}",
           flush=True)
+    run_numbers = itertools.count()
     for key_types in args.keys:
         for lines in args.lines:
-            for parallel in args.parallel:
-                r = one_run(lines, parallel, key_types, args)
+            for parallel, _ in itertools.product(args.parallel, range(args.repeat)):
+                stalls = 0
+                while True:
+                    work = tmp / f"run{next(run_numbers)}"
+                    work.mkdir()
+                    r = one_run(lines, parallel, key_types, args, work)
+                    if not r["stalled_ca"] or stalls >= args.retries:
+                        break
+                    stalls += 1
+                    print(f"  the CA stalled (Pebble 2.4 deadlock): run again with a fresh "
+                          f"Pebble ({stalls}/{args.retries})", flush=True)
+                r["stalls_before"] = stalls
                 stall = "  STALLED CA" if r["stalled_ca"] else ""
                 print(f"{r['lines']:>5} {r['key_types']:>7} {r['parallel']:>4} "
                       f"{r['certificates']:>5} {r['failed']:>4} {r['wall_s']:>7} "

@@ -32,7 +32,7 @@ from lematt.execution.local import LocalRunner
 from lematt.inventory import scan
 from lematt.plan import Job, plan
 from lematt.report import Reporter
-from lematt.store import Store
+from lematt.store import NewPair, Store
 
 # aiohttp, asyncssh and cryptography take longer to import than a whole no-op run: they are
 # imported where a run first needs them (an order, a deploy), never at start-up.
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from lematt.acme.client import AcmeClient
     from lematt.acme.order import ChallengeSolver
     from lematt.challenges.forwarder import ForwarderHub
+    from lematt.committer import GroupCommitter
     from lematt.execution.ssh import SshPool
 
 # The forwarder outlives a run's last order by at most this much if lematt vanishes without
@@ -55,6 +56,7 @@ class _Orders:
     client: AcmeClient
     solver: ChallengeSolver
     slots: anyio.CapacityLimiter
+    committer: GroupCommitter
     outcomes: list[Outcome] = field(default_factory=list)
     hub: ForwarderHub | None = None
 
@@ -138,7 +140,7 @@ class Engine:
             pem = crypto.generate_private_pem("ec", s.key_bits_rsa, s.curve)
         return crypto.load_private_key(pem), pem
 
-    async def _order(self, job: Job, client: AcmeClient, solver: ChallengeSolver) -> Outcome:
+    async def _order(self, ctx: _Orders, job: Job) -> Outcome:
         from lematt import crypto
         from lematt.acme.order import obtain
 
@@ -148,15 +150,11 @@ class Engine:
             names = job.line.names
             csr_der = crypto.make_csr(key, names, must_staple=job.line.ocsp_must_staple)
             deadline = anyio.current_time() + self.settings.order_timeout
-            chain = await obtain(client, names, csr_der, solver, deadline=deadline)
+            chain = await obtain(ctx.client, names, csr_der, ctx.solver, deadline=deadline)
             chain_pem = chain.encode()
             info = crypto.check_issued(chain_pem, key, names)
-            # On the event loop, not in a worker thread: a commit is a few dozen short
-            # syscalls, and handing each to a thread cost more CPU in GIL hand-offs (futex
-            # calls, measured with strace in benchmarks/bulk.py) than the fsyncs block.
-            self.store.commit(
-                job.line, job.key_type, key_pem=new_pem, csr_pem=crypto.csr_pem(csr_der),
-                chain_pem=chain_pem)
+            await ctx.committer.commit(NewPair(
+                job.line, job.key_type, new_pem, crypto.csr_pem(csr_der), chain_pem))
             outcome.changed, outcome.not_after, outcome.new_key = True, info.not_after, bool(
                 new_pem)
         except LemattError as exc:
@@ -199,7 +197,7 @@ class Engine:
 
     async def _line_orders(self, ctx: _Orders, line: CertLine, jobs: list[Job]) -> None:
         async def one(job: Job) -> None:
-            outcome = await self._order(job, ctx.client, ctx.solver)
+            outcome = await self._order(ctx, job)
             ctx.outcomes.append(outcome)
             self._report(outcome)
 
@@ -247,6 +245,7 @@ class Engine:
         from lematt.acme.client import AcmeClient
         from lematt.acme.limits import RequestRateLimiter, order_limiter
         from lematt.challenges.forwarder import ForwarderHub
+        from lematt.committer import group_commits
 
         s = self.settings
         account_key = load_or_create_account_key(s.account_key, self.reporter)
@@ -264,9 +263,10 @@ class Engine:
                             ca_bundle=s.ca_bundle, rate_limiter=limiter,
                             request_timeout=s.acme_request_timeout) as client,
             self._solver() as solver,
+            group_commits(self.store) as committer,
         ):
             await client.ensure_account(s.contact_email)
-            ctx = _Orders(client, solver, order_limiter(self.options.parallel))
+            ctx = _Orders(client, solver, order_limiter(self.options.parallel), committer)
             async with anyio.create_task_group() as tg:
                 if planned:
                     assert pool is not None

@@ -12,8 +12,10 @@ Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only i
 
 Contract:
 - ``commit`` makes key, CSR and certificate live together: all three are written to
-  ``.staging`` first (fsynced, keys 0600 from the first byte), then a journal naming the
-  pending renames is written (fsynced), then the renames run.
+  ``.staging`` first (fsynced, keys 0600 from the first byte), then the journal
+  (``.journal/pending``, see ``lematt.journal``) naming the pending renames is written
+  (fsynced), then the renames run. ``commit_many`` does this for several pairs with one
+  journal write and one fsync per directory (a group commit; ``lematt.committer`` feeds it).
   A crash at any point leaves either the old pair or (after ``recover`` at the next start)
   the new one - never a new key beside an old certificate.
 - ``lock`` takes a non-blocking exclusive lock on the conf dir; a second run fails at once.
@@ -27,16 +29,28 @@ import fcntl
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from lematt.atomic import fsync_dir, symlink_atomic, write_atomic, write_temp
 from lematt.config import CertLine, KeyType, Settings
 from lematt.errors import LockError, StoreError
+from lematt.journal import Journal
 
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class NewPair:
+    """What one finished order stores: ``key_pem`` None keeps the stored key."""
+
+    line: CertLine
+    key_type: KeyType
+    key_pem: bytes | None
+    csr_pem: bytes
+    chain_pem: bytes
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,10 @@ class Store:
         self.test = test
         self.root = settings.conf_dir / ("test" if test else "prod")
         self.journal_dir = self.root / ".journal"
+        self.journal = Journal(self.journal_dir / "pending")
+        # Set when a journaled commit could not be finished: the journal then holds it for
+        # the next run, so no later commit of this run may overwrite it.
+        self._unfinished: StoreError | None = None
         # New files are written here first and renamed into key/, csr/, cert/ (one file
         # system, so the rename is atomic); a crash leaves debris only here.
         self.staging_dir = self.root / ".staging"
@@ -110,6 +128,7 @@ class Store:
             # Keys live here: keep the directory itself private too.
             os.chmod(self.root / "key", 0o700)
             self.journal_dir.mkdir(exist_ok=True)
+            self.journal.create()
             self.staging_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the certificate tree {self.root}: {exc}") from exc
@@ -164,60 +183,136 @@ class Store:
         chain_pem: bytes,
     ) -> CertPaths:
         """Make (new key,) CSR and chain live together; ``key_pem`` None keeps the old key."""
-        paths = self.paths(line, key_type)
-        journal = self.journal_dir / f"{paths.cert.name}.json"
-        targets = ([(paths.key, key_pem, KEY_MODE)] if key_pem is not None else []) + [
-            (paths.csr, csr_pem, PUBLIC_MODE), (paths.cert, chain_pem, PUBLIC_MODE)]
+        (result,) = self.commit_many([NewPair(line, key_type, key_pem, csr_pem, chain_pem)])
+        if isinstance(result, StoreError):
+            raise result
+        return result
+
+    def commit_many(self, pairs: Sequence[NewPair]) -> list[CertPaths | StoreError]:
+        """Make several new pairs live with one journal: a group commit.
+
+        Per pair the guarantee is ``commit``'s; what the batch shares is the cost: one
+        journal (written and fsynced once), one fsync of staging and of each target
+        directory, instead of one of each per pair. A pair whose staging files cannot be
+        written fails alone (its ``StoreError`` is in its place in the result); a journal
+        that cannot be written fails them all, with the old files kept.
+        """
         token = secrets.token_hex(4)
+        results: list[CertPaths | StoreError] = []
+        renames: list[list[str]] = []
+        links: list[list[str]] = []
+        staged: list[Path] = []
+        certs: list[str] = []
+        for pair in pairs:
+            try:
+                paths, pending = self._stage(pair, token)
+            except StoreError as exc:
+                results.append(exc)
+                continue
+            results.append(paths)
+            staged.extend(tmp for tmp, _ in pending)
+            certs.append(paths.cert.name)
+            renames.extend([str(tmp.relative_to(self.root)), str(final.relative_to(self.root))]
+                           for tmp, final in pending)
+            links.extend([str(link.relative_to(self.root)), target]
+                         for link, target in paths.links)
+        if not renames:
+            return results
+        record = {"renames": renames, "links": links, "certs": certs}
+        try:
+            if self._unfinished is not None:
+                raise self._unfinished
+            # The staged names must be durable before the journal that refers to them.
+            fsync_dir(self.staging_dir)
+            self.journal.write(record)
+        except (OSError, StoreError) as exc:
+            for tmp in staged:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+            error = exc if isinstance(exc, StoreError) else StoreError(
+                f"cannot write the journal {self.journal.path}: {exc}; old files kept")
+            return [error if isinstance(r, CertPaths) else r for r in results]
+        # From here on the journal guarantees the new pairs go live, now or at the next start.
+        try:
+            self._roll_forward(record)
+        except StoreError as exc:
+            self._unfinished = exc
+            return [exc if isinstance(r, CertPaths) else r for r in results]
+        return results
+
+    def _stage(self, pair: NewPair, token: str) -> tuple[CertPaths, list[tuple[Path, Path]]]:
+        """Write a pair's files to staging (fsynced, final modes); (paths, [(temp, final)])."""
+        paths = self.paths(pair.line, pair.key_type)
+        targets = ([(paths.key, pair.key_pem, KEY_MODE)] if pair.key_pem is not None else []
+                   ) + [(paths.csr, pair.csr_pem, PUBLIC_MODE),
+                        (paths.cert, pair.chain_pem, PUBLIC_MODE)]
         pending = [(self.staging_dir / f"{target.name}.{token}", target)
                    for target, _, _ in targets]
         try:
             for (tmp, target), (_, data, mode) in zip(pending, targets, strict=True):
                 write_temp(target, data, mode, tmp)
-            record = {
-                "renames": [[str(t.relative_to(self.root)), str(f.relative_to(self.root))]
-                            for t, f in pending],
-                "links": [[str(p.relative_to(self.root)), target] for p, target in paths.links],
-            }
-            write_atomic(journal, json.dumps(record).encode(), PUBLIC_MODE)
         except OSError as exc:
             for tmp, _ in pending:
                 with contextlib.suppress(OSError):
                     tmp.unlink()
-            raise StoreError(f"cannot write {paths.cert.parent}: {exc}; old files kept") from exc
-        # From here on the journal guarantees the new pair goes live, now or at the next start.
-        self._roll_forward(journal, record)
-        return paths
+            raise StoreError(f"cannot write {paths.cert.parent}: {exc}; old files kept"
+                             ) from exc
+        return paths, pending
 
-    def _roll_forward(self, journal: Path, record: dict[str, list[list[str]]]) -> None:
+    def _roll_forward(self, record: dict[str, list[list[str]]],
+                      legacy: Path | None = None) -> None:
+        """Finish the renames and links of a journaled commit, then clear its journal
+        (``legacy``: a per-commit journal file of an earlier lematt, removed instead)."""
         try:
             dirs: set[Path] = set()
-            for tmp_rel, final_rel in record["renames"]:
+            for tmp_rel, final_rel in record.get("renames", []):
                 tmp, final = self.root / tmp_rel, self.root / final_rel
-                if tmp.exists():
+                # A missing temp file was renamed before a crash; its directory is still
+                # fsynced below, since that rename may not have reached the disk.
+                with contextlib.suppress(FileNotFoundError):
                     os.replace(tmp, final)
-                    dirs.add(final.parent)
+                dirs.add(final.parent)
+            for link_rel, target in record.get("links", []):
+                link = self.root / link_rel
+                if self._link(link, target):
+                    dirs.add(link.parent)
+            # One fsync per directory makes the renames and the links durable together;
+            # only then may the journal go.
             for d in dirs:
                 fsync_dir(d)
-            for link_rel, target in record["links"]:
-                self._link(self.root / link_rel, target)
-            journal.unlink()
+            if legacy is not None:
+                legacy.unlink()
+            else:
+                self.journal.clear()
         except OSError as exc:
             raise StoreError(
-                f"cannot finish storing {journal.stem}: {exc}; the next run completes it"
+                f"cannot finish storing {self._journal_subject(record, legacy)}: {exc}; "
+                "the next run completes it"
             ) from exc
 
     @staticmethod
-    def _link(link: Path, target: str) -> None:
+    def _journal_subject(record: dict[str, list[list[str]]], legacy: Path | None) -> str:
+        certs = record.get("certs")
+        if certs:
+            return ", ".join(map(str, certs))
+        return legacy.stem if legacy is not None else "a certificate"
+
+    @staticmethod
+    def _link(link: Path, target: str) -> bool:
+        """Point the per-name symlink ``link`` at ``target``; True if it had to change."""
         try:
             if os.readlink(link) == target:
-                return  # already right: renewals keep the combined file's name
+                return False  # already right: renewals keep the combined file's name
         except FileNotFoundError:
-            pass
+            # A new name: creating the link is atomic by itself (no temp name, no rename).
+            with contextlib.suppress(FileExistsError):
+                os.symlink(target, link)
+                return True
         except OSError:
             # Not a symlink: a name that is also a single-name line has a real file here.
-            return
+            return False
         symlink_atomic(link, target)
+        return True
 
     # -- pending deploys ------------------------------------------------------------------
     @property
@@ -253,13 +348,24 @@ class Store:
         done: list[str] = []
         if not self.journal_dir.is_dir():
             return done
-        for journal in sorted(self.journal_dir.glob("*.json")):
+        # Per-commit journal files (*.json) come from an earlier lematt; they hold the same
+        # kind of record.
+        for legacy in sorted(self.journal_dir.glob("*.json")):
             try:
-                record = json.loads(journal.read_bytes())
+                record = json.loads(legacy.read_bytes())
             except (OSError, ValueError) as exc:
-                raise StoreError(f"unreadable journal {journal}: {exc}; inspect it") from exc
-            self._roll_forward(journal, record)
-            done.append(f"completed an interrupted store of {journal.stem}")
+                raise StoreError(f"unreadable journal {legacy}: {exc}; inspect it") from exc
+            self._roll_forward(record, legacy)
+            done.append(
+                f"completed an interrupted store of {self._journal_subject(record, legacy)}")
+        try:
+            record = self.journal.read()
+        except OSError as exc:
+            raise StoreError(f"cannot read the journal {self.journal.path}: {exc}") from exc
+        if record is not None:
+            self._roll_forward(record)
+            done.append(
+                f"completed an interrupted store of {self._journal_subject(record, None)}")
         # Whatever is left in staging belongs to a commit that crashed before its journal
         # was written: it never went live. (Staging is small; the key and cert directories,
         # which can hold 100,000 entries, are never listed.)

@@ -356,6 +356,9 @@ class PebbleRig:
             raise RigError("pebble is not running")
         return self._pebble.pid
 
+    def pebble_alive(self) -> bool:
+        return self._pebble is not None and self._pebble.poll() is None
+
     def stop(self) -> None:
         """Terminate both process groups (bounded waits, SIGKILL if needed). Idempotent."""
         _LIVE_RIGS[:] = [rig for rig in _LIVE_RIGS if rig is not self]

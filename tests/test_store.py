@@ -12,9 +12,10 @@ import pytest
 
 from lematt import crypto
 from lematt.config import CertLine, Settings
-from lematt.errors import LockError
+from lematt.errors import LockError, StoreError
 from lematt.inventory import scan_one
-from lematt.store import Store
+from lematt.journal import Journal
+from lematt.store import CertPaths, NewPair, Store
 from tests.certs import LocalCA
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -65,7 +66,7 @@ def test_commit_writes_pair_with_modes_and_links(tmp_path: Path) -> None:
     assert paths.cert.read_bytes() == chain
     for link, target in paths.links:
         assert link.is_symlink() and os.readlink(link) == target
-    assert list(store.journal_dir.iterdir()) == []
+    assert store.journal.read() is None and store.journal.path.stat().st_size == 0
     found = scan_one(store, line, "ec")
     assert found.problem is None and found.key_present
 
@@ -114,7 +115,7 @@ def test_recover_drops_temp_files_of_a_commit_that_crashed_before_its_journal(
     orphan.write_bytes(b"half")
     assert store.recover() == []
     assert not orphan.exists()
-    assert list(store.journal_dir.iterdir()) == []
+    assert store.journal.read() is None
 
 
 def test_commit_leaves_nothing_in_staging_and_staging_is_private(tmp_path: Path) -> None:
@@ -191,3 +192,122 @@ def test_inventory_index_is_used_but_never_hides_a_changed_file(tmp_path: Path) 
     (store.root / INDEX_NAME).write_text("garbage\n\x00")
     assert scan(store, (line,), ("ec",))[(1, "ec")].problem == (
         "key does not match the certificate")
+
+
+def _pairs(n: int) -> list[NewPair]:
+    pairs = []
+    for i in range(n):
+        line = CertLine(i + 1, (f"site{i}.example.com", f"www.site{i}.example.com"))
+        _, key_pem, csr, chain = _material(line.names)
+        pairs.append(NewPair(line, "ec", key_pem, csr, chain))
+    return pairs
+
+
+def test_group_commit_makes_every_pair_live_with_its_links(tmp_path: Path) -> None:
+    store = Store(settings(tmp_path), test=False)
+    store.ensure_dirs()
+    pairs = _pairs(3)
+    results = store.commit_many(pairs)
+    for pair, paths in zip(pairs, results, strict=True):
+        assert isinstance(paths, CertPaths)
+        assert paths.key.read_bytes() == pair.key_pem and paths.cert.read_bytes() == (
+            pair.chain_pem)
+        assert stat.S_IMODE(paths.key.stat().st_mode) == 0o600
+        assert all(os.readlink(link) == target for link, target in paths.links)
+        assert scan_one(store, pair.line, "ec").problem is None
+    assert list(store.staging_dir.iterdir()) == [] and store.journal.read() is None
+
+
+def test_recover_rolls_a_group_commit_forward_from_the_journal(tmp_path: Path) -> None:
+    """A crash after the journal was written: every pair of the batch goes live at the
+    next start, and the journal is cleared."""
+    store = Store(settings(tmp_path), test=False)
+    store.ensure_dirs()
+    pairs = _pairs(2)
+    renames, links = [], []
+    for pair in pairs:
+        paths = store.paths(pair.line, "ec")
+        for data, final in ((pair.key_pem, paths.key), (pair.chain_pem, paths.cert)):
+            tmp = store.staging_dir / f"{final.name}.feedbeef"
+            tmp.write_bytes(data)  # type: ignore[arg-type]
+            renames.append([str(tmp.relative_to(store.root)),
+                            str(final.relative_to(store.root))])
+        links += [[str(link.relative_to(store.root)), target] for link, target in paths.links]
+    store.journal.write({"renames": renames, "links": links,
+                         "certs": [store.paths(p.line, "ec").cert.name for p in pairs]})
+    (done,) = store.recover()
+    assert done.startswith("completed an interrupted store of site0.example.com_")
+    for pair in pairs:
+        assert scan_one(store, pair.line, "ec").problem is None
+        assert os.readlink(store.paths(pair.line, "ec").links[0][0]) == (
+            store.paths(pair.line, "ec").key.name)
+    assert store.journal.read() is None and list(store.staging_dir.iterdir()) == []
+
+
+def test_journal_cut_short_by_a_crash_reads_as_nothing(tmp_path: Path) -> None:
+    journal = Journal(tmp_path / "pending")
+    journal.create()
+    assert journal.read() is None
+    record = {"renames": [["a", "b"]], "links": [], "certs": ["x"]}
+    journal.write(record)
+    assert journal.read() == record
+    whole = journal.path.read_bytes()
+    for cut in (1, len(whole) // 2, len(whole) - 1):
+        journal.path.write_bytes(whole[:cut])
+        assert journal.read() is None
+    journal.path.write_bytes(whole.replace(b'"a"', b'"c"'))  # same length, other bytes
+    assert journal.read() is None
+    journal.write(record)
+    journal.clear()
+    assert journal.read() is None and journal.path.stat().st_size == 0
+
+
+def test_a_commit_that_cannot_finish_keeps_its_journal_and_stops_later_commits(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rename that fails after the journal was written (an I/O error: no real disk here
+    produces one on demand, hence the patched os.replace): the journal keeps the batch for
+    the next run, and no later commit of this run may overwrite it."""
+    store = Store(settings(tmp_path), test=False)
+    store.ensure_dirs()
+    first, second = _pairs(2)
+
+    def failing_replace(src: object, dst: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", failing_replace)
+        (result,) = store.commit_many([first])
+    assert isinstance(result, StoreError) and "the next run completes it" in str(result)
+    assert store.journal.read() is not None
+    (later,) = store.commit_many([second])
+    assert isinstance(later, StoreError)
+    assert scan_one(store, second.line, "ec").problem == "missing"
+    # The next run (a new Store) finishes the first batch.
+    again = Store(settings(tmp_path), test=False)
+    assert len(again.recover()) == 1
+    assert scan_one(again, first.line, "ec").problem is None
+
+
+@pytest.mark.anyio
+async def test_group_committer_batches_concurrent_commits(tmp_path: Path) -> None:
+    import anyio
+
+    from lematt.committer import group_commits
+
+    store = Store(settings(tmp_path), test=False)
+    store.ensure_dirs()
+    pairs = _pairs(12)
+    got: dict[int, CertPaths] = {}
+    async with group_commits(store) as committer:
+        async def one(pair: NewPair) -> None:
+            got[pair.line.lineno] = await committer.commit(pair)
+
+        async with anyio.create_task_group() as tg:
+            for pair in pairs:
+                tg.start_soon(one, pair)
+    # All twelve arrived before the first batch was written; none waited for a batch of
+    # its own.
+    assert committer.batches < len(pairs)
+    for pair in pairs:
+        assert got[pair.line.lineno].cert.read_bytes() == pair.chain_pem
+        assert scan_one(store, pair.line, "ec").problem is None

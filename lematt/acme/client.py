@@ -165,6 +165,8 @@ class AcmeClient:
         connector = aiohttp.TCPConnector(ssl=_ssl_context(ca_bundle))
         session = aiohttp.ClientSession(
             connector=connector,
+            # ACME uses no cookies; a real jar would filter and parse them on every request.
+            cookie_jar=aiohttp.DummyCookieJar(),
             timeout=aiohttp.ClientTimeout(total=request_timeout),
             # RFC 8555 section 6.1: clients must send a User-Agent.
             headers={"User-Agent": user_agent},
