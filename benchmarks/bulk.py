@@ -75,61 +75,83 @@ def write_conf(conf_dir: Path, lines: int, key_types: str, pebble: object,
     return conf
 
 
+def stored_since(certs_dir: Path, since_ns: int) -> int:
+    """Certificates written at or after ``since_ns`` (0: all there are)."""
+    if not certs_dir.is_dir():
+        return 0
+    return sum(1 for path in certs_dir.glob("*_*-cert-combined.*")
+               if since_ns == 0 or path.stat().st_mtime_ns >= since_ns)
+
+
 def one_run(lines: int, parallel: int, key_types: str, args: argparse.Namespace,
-            work: Path) -> dict[str, object]:
+            work: Path) -> list[dict[str, object]]:
+    """One fresh Pebble: the issuing run, and with ``--renew`` a second run in which every
+    certificate is due again (same account, same files: a mass renewal)."""
     o = args.port_offset
     with start_pebble(work / "pebble", acme_port=14000 + o, management_port=15000 + o,
                       http_port=5002 + o, tls_port=5001 + o, dns_port=8053 + o,
                       challtestsrv_port=8055 + o) as pebble:
         conf = write_conf(work / "conf", lines, key_types, pebble,
                           None if args.le_limits else LIFTED_LIMITS)
-        certs_dir = work / "conf" / "test" / "cert"
-        profile = work / "lematt.prof"
-        argv = [sys.executable, *(["-m", "cProfile", "-o", str(profile)]
-                                  if args.profile else []),
-                "-m", "lematt", "--test", "--cron", "--parallel", str(parallel),
-                "--config", str(conf)]
-        pebble_cpu0 = cpu_seconds(pebble.pebble_pid())
-        start = time.monotonic()
-        errors = work / "stderr.txt"
-        with errors.open("w") as err_file:
-            proc = subprocess.Popen(argv, cwd=REPO, env=lematt_env(),
-                                    stdout=subprocess.DEVNULL, stderr=err_file)
-        stalled, seen, last_change = False, -1, start
-        pebble_cpu_at_stall = 0.0
-        usage = None
-        while usage is None:
-            # wait4, not wait: lematt's own CPU time and peak RSS, not the whole tree's.
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                usage, proc.returncode = rusage, os.waitstatus_to_exitcode(status)
-                break
-            time.sleep(0.25)  # progress check interval; ends with lematt or the stall
-            done = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() \
-                else 0
-            if done != seen:
-                seen, last_change = done, time.monotonic()
-            elif time.monotonic() - last_change > args.stall_seconds and not stalled:
-                stalled = True
-                # Pebble 2.4's deadlock leaves the directory answering while every handler
-                # that touches its store hangs; lematt's stderr then shows the timeouts.
-                state = ("its directory still answers; see lematt's per-request timeouts "
-                         "below" if ca_answers(pebble) else "it does not answer at all")
-                print(f"  no certificate for {args.stall_seconds:.0f} s: CA stalled? "
-                      f"{state}; stopping lematt (SIGTERM)", flush=True)
-                proc.terminate()
-                pebble_cpu_at_stall = cpu_seconds(pebble.pebble_pid())
-                print(f"  Pebble's goroutines: {dump_goroutines(pebble)}", flush=True)
-        err = errors.read_text()
-        wall = time.monotonic() - start
-        pebble_cpu = (pebble_cpu_at_stall if stalled else cpu_seconds(pebble.pebble_pid())
-                      ) - pebble_cpu0
-        certs = len(list(certs_dir.glob("*_*-cert-combined.*"))) if certs_dir.is_dir() else 0
-        if args.profile and profile.exists():
-            pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
+        results = [measure("issue", conf, pebble, lines, parallel, key_types, args, work)]
+        if args.renew and not results[0]["stalled_ca"]:
+            with conf.open("a") as fh:
+                # Due when it expires within 100 years: every certificate, however new.
+                fh.write("reauthorizeDays: 36500\n")
+            results.append(
+                measure("renew", conf, pebble, lines, parallel, key_types, args, work))
+    return results
+
+
+def measure(phase: str, conf: Path, pebble: PebbleRig, lines: int, parallel: int,
+            key_types: str, args: argparse.Namespace, work: Path) -> dict[str, object]:
+    certs_dir = conf.parent / "test" / "cert"
+    profile = work / f"lematt-{phase}.prof"
+    argv = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if args.profile else []),
+            "-m", "lematt", "--test", "--cron", "--parallel", str(parallel),
+            "--config", str(conf)]
+    pebble_cpu0 = cpu_seconds(pebble.pebble_pid())
+    since_ns = time.time_ns() if phase == "renew" else 0
+    start = time.monotonic()
+    errors = work / f"stderr-{phase}.txt"
+    with errors.open("w") as err_file:
+        proc = subprocess.Popen(argv, cwd=REPO, env=lematt_env(),
+                                stdout=subprocess.DEVNULL, stderr=err_file)
+    stalled, seen, last_change = False, -1, start
+    pebble_cpu_at_stall = 0.0
+    usage = None
+    while usage is None:
+        # wait4, not wait: lematt's own CPU time and peak RSS, not the whole tree's.
+        pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            usage, proc.returncode = rusage, os.waitstatus_to_exitcode(status)
+            break
+        time.sleep(0.25)  # progress check interval; ends with lematt or the stall
+        done = stored_since(certs_dir, since_ns)
+        if done != seen:
+            seen, last_change = done, time.monotonic()
+        elif time.monotonic() - last_change > args.stall_seconds and not stalled:
+            stalled = True
+            # Pebble 2.4's deadlock leaves the directory answering while every handler
+            # that touches its store hangs; lematt's stderr then shows the timeouts.
+            state = ("its directory still answers; see lematt's per-request timeouts "
+                     "below" if ca_answers(pebble) else "it does not answer at all")
+            print(f"  no certificate for {args.stall_seconds:.0f} s: CA stalled? "
+                  f"{state}; stopping lematt (SIGTERM)", flush=True)
+            proc.terminate()
+            pebble_cpu_at_stall = cpu_seconds(pebble.pebble_pid())
+            print(f"  Pebble's goroutines: {dump_goroutines(pebble)}", flush=True)
+    err = errors.read_text()
+    wall = time.monotonic() - start
+    pebble_cpu = (pebble_cpu_at_stall if stalled else cpu_seconds(pebble.pebble_pid())
+                  ) - pebble_cpu0
+    certs = stored_since(certs_dir, since_ns)
+    if args.profile and profile.exists():
+        pstats.Stats(str(profile)).sort_stats("tottime").print_stats(25)
     lematt_cpu = usage.ru_utime + usage.ru_stime
     expected = lines * len(key_types.split())
     return {
+        "phase": phase,
         "lines": lines, "key_types": key_types, "parallel": parallel, "certificates": certs,
         "failed": expected - certs, "exit": proc.returncode, "stalled_ca": stalled,
         "wall_s": round(wall, 2), "certs_per_s": round(certs / wall, 2) if wall else None,
@@ -155,6 +177,8 @@ def main() -> int:
     ap.add_argument("--le-limits", action="store_true",
                     help="keep lematt's default (Let's Encrypt) request-rate limits")
     ap.add_argument("--repeat", type=int, default=1, help="runs per configuration")
+    ap.add_argument("--renew", action="store_true",
+                    help="after issuing, run again with every certificate due (mass renewal)")
     ap.add_argument("--retries", type=int, default=2,
                     help="fresh-Pebble reruns of a run whose CA stalled")
     args = ap.parse_args()
@@ -167,7 +191,8 @@ def main() -> int:
 
 
 def run_all(args: argparse.Namespace, tmp: Path) -> int:
-    print(f"{'lines':>5} {'keys':>7} {'par':>4} {'certs':>5} {'fail':>4} {'wall s':>7} "
+    print(f"{'phase':>5} {'lines':>5} {'keys':>7} {'par':>4} {'certs':>5} {'fail':>4} "
+          f"{'wall s':>7} "
           f"{'cert/s':>7} {'ms cpu/cert':>11} {'pebble ms':>9} {'busy':>5} {'rss MiB':>7}",
           flush=True)
     run_numbers = itertools.count()
@@ -178,20 +203,22 @@ def run_all(args: argparse.Namespace, tmp: Path) -> int:
                 while True:
                     work = tmp / f"run{next(run_numbers)}"
                     work.mkdir()
-                    r = one_run(lines, parallel, key_types, args, work)
-                    if not r["stalled_ca"] or stalls >= args.retries:
+                    results = one_run(lines, parallel, key_types, args, work)
+                    if not any(r["stalled_ca"] for r in results) or stalls >= args.retries:
                         break
                     stalls += 1
                     print(f"  the CA stalled (Pebble 2.4 deadlock): run again with a fresh "
                           f"Pebble ({stalls}/{args.retries})", flush=True)
-                r["stalls_before"] = stalls
-                stall = "  STALLED CA" if r["stalled_ca"] else ""
-                print(f"{r['lines']:>5} {r['key_types']:>7} {r['parallel']:>4} "
-                      f"{r['certificates']:>5} {r['failed']:>4} {r['wall_s']:>7} "
-                      f"{r['certs_per_s']!s:>7} {r['lematt_cpu_ms_per_cert']!s:>11} "
-                      f"{r['pebble_cpu_ms_per_cert']!s:>9} {r['cores_busy']:>5} "
-                      f"{r['peak_rss_mib']:>7}{stall}", flush=True)
-                print(json.dumps({"benchmark": "bulk", **r}), flush=True)
+                for r in results:
+                    r["stalls_before"] = stalls
+                    stall = "  STALLED CA" if r["stalled_ca"] else ""
+                    print(f"{r['phase']:>5} {r['lines']:>5} {r['key_types']:>7} "
+                          f"{r['parallel']:>4} {r['certificates']:>5} {r['failed']:>4} "
+                          f"{r['wall_s']:>7} {r['certs_per_s']!s:>7} "
+                          f"{r['lematt_cpu_ms_per_cert']!s:>11} "
+                          f"{r['pebble_cpu_ms_per_cert']!s:>9} {r['cores_busy']:>5} "
+                          f"{r['peak_rss_mib']:>7}{stall}", flush=True)
+                    print(json.dumps({"benchmark": "bulk", **r}), flush=True)
     return 0
 
 

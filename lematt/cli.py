@@ -10,6 +10,7 @@ Errors are one line; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import traceback
@@ -96,6 +97,17 @@ async def _run_until_signal(engine: Engine) -> RunResult | None:
     return result
 
 
+def _tune_gc() -> None:
+    """Fewer cyclic-GC passes for a run: the objects loaded so far (config, modules) live
+    until exit, so they are moved out of the collector's sight; and the young generation
+    may grow to 20,000 objects before a pass instead of 700 - hundreds of orders in flight
+    keep many short-lived objects, and each pass also walks the older ones. Measured with
+    benchmarks/bulk.py: about 1 ms less CPU per certificate (of 8-9 ms). The collector still
+    runs, only less often, so memory stays bounded."""
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Imports after parsing keep `lematt --help` and usage errors fast.
@@ -115,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         return EXIT_USAGE
     options = Options(test=args.test, parallel=args.parallel)
+    _tune_gc()
     try:
         result = anyio.run(_run_until_signal, Engine(config, options, reporter))
     except LemattError as exc:

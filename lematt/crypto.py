@@ -52,7 +52,8 @@ def load_private_key(pem: bytes, *, source: str = "key", validate: bool = True) 
     """Parse a PEM private key (RSA or EC); ``CryptoError`` names ``source`` otherwise.
 
     ``validate=False`` skips the RSA consistency checks (tens of milliseconds per key); fine
-    where the key is only compared with a certificate's public key, never used to sign.
+    where the key is only compared with a certificate's public key, or where this process has
+    just generated it; a key read from disk that will sign is validated.
     """
     try:
         key = serialization.load_pem_private_key(
@@ -62,6 +63,16 @@ def load_private_key(pem: bytes, *, source: str = "key", validate: bool = True) 
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         raise CryptoError(f"{source}: only RSA and EC keys are supported")
     return key
+
+
+def rsa_pem_is_consistent(pem: bytes) -> bool:
+    """Do the RSA consistency checks pass for this PEM key? (Picklable in and out, for a
+    worker process: the checks take tens of milliseconds.)"""
+    try:
+        load_private_key(pem, validate=True)
+    except CryptoError:
+        return False
+    return True
 
 
 def key_matches_type(key: PrivateKey, key_type: str, rsa_bits: int, curve: str) -> bool:

@@ -3,7 +3,8 @@
 Contract: ``Engine(config, options, reporter).run()`` takes the conf-dir lock, finishes any
 store an earlier crash interrupted, plans, orders every due job (at most ``options.parallel``
 orders in flight; each line inside its forwarders and prepare commands), stores each new pair
-atomically, then deploys the renewed certificates and any deploy an earlier run left pending.
+atomically (pairs that finish together share one journal write: ``lematt.committer``), then
+deploys the renewed certificates and any deploy an earlier run left pending.
 A job's failure is a value (an ``Outcome`` with its error text); only run-wide problems (the
 lock, the account, the challenge listener) raise, as ``LemattError``. Nothing live is touched
 before a certificate has been downloaded and checked against our key and names. One SSH pool
@@ -129,8 +130,12 @@ class Engine:
             pem = Store.read_bytes(paths.key)
             if pem is not None:
                 with contextlib.suppress(CryptoError):
-                    key = crypto.load_private_key(pem, source=str(paths.key))
-                    if crypto.key_matches_type(key, job.key_type, s.key_bits_rsa, s.curve):
+                    key = crypto.load_private_key(pem, source=str(paths.key), validate=False)
+                    if crypto.key_matches_type(key, job.key_type, s.key_bits_rsa, s.curve) and (
+                            job.key_type != "rsa" or await anyio.to_process.run_sync(
+                                crypto.rsa_pem_is_consistent, pem)):
+                        # A stored RSA key is checked before it signs (it may come from a
+                        # user), but in a worker process: the checks take about 40 ms.
                         return key, None
         if job.key_type == "rsa":
             # RSA generation is CPU-bound (hundreds of ms): keep it off the event loop.
@@ -138,7 +143,9 @@ class Engine:
                 crypto.generate_private_pem, "rsa", s.key_bits_rsa, s.curve)
         else:
             pem = crypto.generate_private_pem("ec", s.key_bits_rsa, s.curve)
-        return crypto.load_private_key(pem), pem
+        # Made a moment ago by our own code: the RSA consistency checks (about 40 ms of the
+        # event loop per 2048-bit key) would only re-prove what generation guarantees.
+        return crypto.load_private_key(pem, validate=False), pem
 
     async def _order(self, ctx: _Orders, job: Job) -> Outcome:
         from lematt import crypto

@@ -71,3 +71,22 @@ def test_unreadable_inputs_are_crypto_errors_naming_the_source() -> None:
         crypto.read_certificate(b"garbage", source="the/file")
     with pytest.raises(CryptoError, match=r"k\.pem"):
         crypto.load_private_key(b"garbage", source="k.pem")
+
+
+def test_rsa_consistency_check_refuses_a_damaged_key() -> None:
+    """A stored RSA key is checked (in a worker process) before it signs: one whose private
+    exponent was damaged still loads unchecked, but fails the consistency check."""
+    pem = crypto.generate_private_pem("rsa")
+    assert crypto.rsa_pem_is_consistent(pem)
+    good = crypto.load_private_key(pem)
+    assert isinstance(good, rsa.RSAPrivateKey)
+    n = good.private_numbers()
+    damaged = rsa.RSAPrivateNumbers(n.p, n.q, n.d + 2, n.dmp1, n.dmq1, n.iqmp,
+                                    n.public_numbers).private_key(
+        unsafe_skip_rsa_key_validation=True)
+    bad_pem = crypto.private_key_pem(damaged)  # type: ignore[arg-type]
+    assert crypto.load_private_key(bad_pem, validate=False).public_key().public_numbers() == (
+        good.public_key().public_numbers())
+    assert not crypto.rsa_pem_is_consistent(bad_pem)
+    with pytest.raises(CryptoError):
+        crypto.load_private_key(bad_pem)
