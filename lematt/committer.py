@@ -38,7 +38,7 @@ class GroupCommitter:
         self._queue: list[_Waiter] = []
         self._wake = anyio.Event()
         self._closing = False
-        self.batches = 0  # how many batches were written (for tests and --debug figures)
+        self.batches = 0  # how many batches were written (the tests read it)
 
     async def commit(self, pair: NewPair) -> CertPaths:
         if self._closing:

@@ -236,7 +236,9 @@ class Store:
         try:
             self._roll_forward(record)
         except StoreError as exc:
-            self._unfinished = exc
+            self._unfinished = StoreError(
+                f"not stored: an earlier store of this run could not be finished ({exc}); "
+                "the next run orders this certificate again")
             return [exc if isinstance(r, CertPaths) else r for r in results]
         return results
 
@@ -292,9 +294,11 @@ class Store:
 
     @staticmethod
     def _journal_subject(record: dict[str, list[list[str]]], legacy: Path | None) -> str:
-        certs = record.get("certs")
+        certs = [str(c) for c in record.get("certs", [])]
+        if len(certs) > 3:
+            return f"{', '.join(certs[:3])} and {len(certs) - 3} more"
         if certs:
-            return ", ".join(map(str, certs))
+            return ", ".join(certs)
         return legacy.stem if legacy is not None else "a certificate"
 
     @staticmethod
