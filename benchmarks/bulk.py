@@ -109,7 +109,7 @@ def measure(phase: str, conf: Path, pebble: PebbleRig, lines: int, parallel: int
     profile = work / f"lematt-{phase}.prof"
     argv = [sys.executable, *(["-m", "cProfile", "-o", str(profile)] if args.profile else []),
             "-m", "lematt", "--test", "--cron", "--parallel", str(parallel),
-            "--config", str(conf)]
+            "--processes", str(args.processes), "--config", str(conf)]
     pebble_cpu0 = cpu_seconds(pebble.pebble_pid())
     since_ns = time.time_ns() if phase == "renew" else 0
     start = time.monotonic()
@@ -151,7 +151,7 @@ def measure(phase: str, conf: Path, pebble: PebbleRig, lines: int, parallel: int
     lematt_cpu = usage.ru_utime + usage.ru_stime
     expected = lines * len(key_types.split())
     return {
-        "phase": phase,
+        "phase": phase, "processes": args.processes,
         "lines": lines, "key_types": key_types, "parallel": parallel, "certificates": certs,
         "failed": expected - certs, "exit": proc.returncode, "stalled_ca": stalled,
         "wall_s": round(wall, 2), "certs_per_s": round(certs / wall, 2) if wall else None,
@@ -177,6 +177,8 @@ def main() -> int:
     ap.add_argument("--le-limits", action="store_true",
                     help="keep lematt's default (Let's Encrypt) request-rate limits")
     ap.add_argument("--repeat", type=int, default=1, help="runs per configuration")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="lematt's --processes (order processes; --parallel is split)")
     ap.add_argument("--renew", action="store_true",
                     help="after issuing, run again with every certificate due (mass renewal)")
     ap.add_argument("--retries", type=int, default=2,

@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     # and already past what Let's Encrypt's rate limits let one account use (README, Speed).
     p.add_argument("--parallel", type=_positive, default=20, metavar="N",
                    help="orders in flight at once (default: %(default)s)")
+    p.add_argument("--processes", type=_positive, default=1, metavar="N",
+                   help="spread the orders over N processes, to use N cores in bulk runs "
+                        "against a nearby CA (default: %(default)s)")
     p.add_argument("--cron", action="store_true",
                    help="print nothing when nothing is due; else only renewals, actions "
                         "and failures")
@@ -97,7 +100,7 @@ async def _run_until_signal(engine: Engine) -> RunResult | None:
     return result
 
 
-def _tune_gc() -> None:
+def tune_gc() -> None:
     """Fewer cyclic-GC passes for a run: the objects loaded so far (config, modules) live
     until exit, so they are moved out of the collector's sight; and the young generation
     may grow to 20,000 objects before a pass instead of 700 - hundreds of orders in flight
@@ -126,8 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         return EXIT_USAGE
-    options = Options(test=args.test, parallel=args.parallel)
-    _tune_gc()
+    options = Options(test=args.test, parallel=args.parallel, processes=args.processes)
+    tune_gc()
     try:
         result = anyio.run(_run_until_signal, Engine(config, options, reporter))
     except LemattError as exc:

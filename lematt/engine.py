@@ -9,6 +9,8 @@ A job's failure is a value (an ``Outcome`` with its error text); only run-wide p
 lock, the account, the challenge listener) raise, as ``LemattError``. Nothing live is touched
 before a certificate has been downloaded and checked against our key and names. One SSH pool
 serves the whole run (forwarders and deploys), opened only when an SSH action is needed.
+With ``options.processes`` > 1 the orders run in order processes (``lematt.shards``), each
+through ``orders_here``; everything else stays here.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -58,7 +60,7 @@ class _Orders:
     solver: ChallengeSolver
     slots: anyio.CapacityLimiter
     committer: GroupCommitter
-    outcomes: list[Outcome] = field(default_factory=list)
+    record: Callable[[Outcome], None]  # each finished job's outcome, as it finishes
     hub: ForwarderHub | None = None
 
 
@@ -67,6 +69,7 @@ class Options:
     test: bool
     parallel: int = 20
     now: datetime | None = None
+    processes: int = 1  # order processes (``--processes``); see lematt.shards
 
 
 @dataclass
@@ -118,6 +121,7 @@ class Engine:
         self.reporter = reporter
         self.store = Store(self.settings, test=options.test)
         self.local = LocalRunner()
+        self.lock_fd: int | None = None  # the conf-dir lock while run() holds it
 
     # -- per job ------------------------------------------------------------------------
     async def _key_for(self, job: Job) -> tuple[crypto.PrivateKey, bytes | None]:
@@ -183,9 +187,7 @@ class Engine:
 
     def _fail_all(self, ctx: _Orders, jobs: list[Job], why: str) -> None:
         for job in jobs:
-            outcome = Outcome(job, error=why)
-            ctx.outcomes.append(outcome)
-            self._report(outcome)
+            ctx.record(Outcome(job, error=why))
 
     async def _line(self, ctx: _Orders, line: CertLine, jobs: list[Job]) -> None:
         """The orders of one domains line, inside its forwarders and prepare commands."""
@@ -204,9 +206,7 @@ class Engine:
 
     async def _line_orders(self, ctx: _Orders, line: CertLine, jobs: list[Job]) -> None:
         async def one(job: Job) -> None:
-            outcome = await self._order(ctx, job)
-            ctx.outcomes.append(outcome)
-            self._report(outcome)
+            ctx.record(await self._order(ctx, job))
 
         prepares = prepare_commands(self.config.actions, line)
         if not prepares:
@@ -233,12 +233,16 @@ class Engine:
 
     # -- the run --------------------------------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _solver(self) -> AsyncIterator[ChallengeSolver]:
+    async def _solver(self, shared_dir: Path | None = None) -> AsyncIterator[ChallengeSolver]:
+        """The run's http-01 solver. ``shared_dir``: this is an order process of a sharded
+        run; the run's challenge server (in the main process) serves the files written there."""
         from lematt.challenges.drop_dir import DropDirSolver
         from lematt.challenges.server import ChallengeServer
 
         s = self.settings
-        if s.challenge_listen is not None:
+        if shared_dir is not None:
+            yield DropDirSolver(shared_dir, durable=False)
+        elif s.challenge_listen is not None:
             server = ChallengeServer()
             async with server.running(*s.challenge_listen):
                 yield server
@@ -249,14 +253,50 @@ class Engine:
             yield solver
 
     async def _orders(self, jobs: list[Job], pool: SshPool | None) -> list[Outcome]:
+        account_key = load_or_create_account_key(self.settings.account_key, self.reporter)
+        outcomes: list[Outcome] = []
+
+        def record(outcome: Outcome) -> None:
+            outcomes.append(outcome)
+            self._report(outcome)
+
+        processes = self._order_processes(jobs)
+        if processes > 1:
+            from lematt.shards import run_shards
+
+            await run_shards(self, jobs, processes, record)
+        else:
+            await self.orders_here(jobs, pool, account_key, record)
+        return outcomes
+
+    def _order_processes(self, jobs: list[Job]) -> int:
+        """How many order processes this run uses: ``--processes``, but one for lines with
+        forwarders or prepare commands (they live in this process) and never more than
+        there are due lines."""
+        wanted = self.options.processes
+        if wanted <= 1:
+            return 1
+        lines = {job.line.lineno: job.line for job in jobs}
+        if any(forwarders(self.config.actions, line) or prepare_commands(self.config.actions, line)
+               for line in lines.values()):
+            self.reporter.info("--processes ignored: lines with forwarders or prepare "
+                               "commands are ordered by this process")
+            return 1
+        return min(wanted, len(lines))
+
+    async def orders_here(self, jobs: list[Job], pool: SshPool | None,
+                          account_key: crypto.PrivateKey, record: Callable[[Outcome], None], *,
+                          shared_dir: Path | None = None, rate_share: float = 1.0) -> None:
+        """Order ``jobs`` in this process; ``record`` gets each outcome as it is known.
+        ``shared_dir`` and ``rate_share`` are set in the order processes of a sharded run
+        (their share of the request rates; the challenge files for the main process)."""
         from lematt.acme.client import AcmeClient
         from lematt.acme.limits import RequestRateLimiter, order_limiter
         from lematt.challenges.forwarder import ForwarderHub
         from lematt.committer import group_commits
 
         s = self.settings
-        account_key = load_or_create_account_key(s.account_key, self.reporter)
-        limiter = RequestRateLimiter(dict(s.rate_limits))
+        limiter = RequestRateLimiter(dict(s.rate_limits), share=rate_share)
         by_line: dict[int, list[Job]] = {}
         for job in jobs:
             by_line.setdefault(job.line.lineno, []).append(job)
@@ -269,11 +309,12 @@ class Engine:
             AcmeClient.open(s.directory_url(self.options.test), account_key,
                             ca_bundle=s.ca_bundle, rate_limiter=limiter,
                             request_timeout=s.acme_request_timeout) as client,
-            self._solver() as solver,
+            self._solver(shared_dir) as solver,
             group_commits(self.store) as committer,
         ):
             await client.ensure_account(s.contact_email)
-            ctx = _Orders(client, solver, order_limiter(self.options.parallel), committer)
+            ctx = _Orders(client, solver, order_limiter(self.options.parallel), committer,
+                          record)
             async with anyio.create_task_group() as tg:
                 if planned:
                     assert pool is not None
@@ -282,7 +323,6 @@ class Engine:
                                            self.reporter.info)
                 for lineno, line_jobs in by_line.items():
                     tg.start_soon(self._line, ctx, lines[lineno], line_jobs)
-        return ctx.outcomes
 
     def _needs_ssh(self, jobs: list[Job], pending: dict[str, list[tuple[str, ...]]]) -> bool:
         if pending:
@@ -299,7 +339,8 @@ class Engine:
 
     async def run(self) -> RunResult:
         result = RunResult()
-        with self.store.lock():
+        with self.store.lock() as lock_fd:
+            self.lock_fd = lock_fd
             self.store.ensure_dirs()
             for message in self.store.recover():
                 self.reporter.change(message)

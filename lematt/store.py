@@ -134,8 +134,10 @@ class Store:
             raise StoreError(f"cannot create the certificate tree {self.root}: {exc}") from exc
 
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Exclusive, non-blocking lock on the conf dir, held for the whole run."""
+    def lock(self) -> Iterator[int]:
+        """Exclusive, non-blocking lock on the conf dir, held for the whole run; yields the
+        lock's file descriptor (order processes inherit it, so the lock outlives this
+        process while they still store)."""
         path = self.settings.conf_dir / ".lematt.lock"
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -152,9 +154,18 @@ class Store:
                 ) from None
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            yield
+            yield fd
         finally:
             os.close(fd)
+
+    def use_journal(self, name: str) -> None:
+        """Commit through ``.journal/<name>`` (an order process of a sharded run has its
+        own; ``recover`` reads them all)."""
+        self.journal = Journal(self.journal_dir / name)
+        try:
+            self.journal.create()
+        except OSError as exc:
+            raise StoreError(f"cannot create the journal {self.journal.path}: {exc}") from exc
 
     # -- reading ------------------------------------------------------------------------
     @staticmethod
@@ -362,14 +373,21 @@ class Store:
             self._roll_forward(record, legacy)
             done.append(
                 f"completed an interrupted store of {self._journal_subject(record, legacy)}")
+        # "pending", and "pending-N" of the order processes of a sharded run.
+        own = self.journal
         try:
-            record = self.journal.read()
-        except OSError as exc:
-            raise StoreError(f"cannot read the journal {self.journal.path}: {exc}") from exc
-        if record is not None:
-            self._roll_forward(record)
-            done.append(
-                f"completed an interrupted store of {self._journal_subject(record, None)}")
+            for path in sorted(self.journal_dir.glob("pending*")):
+                self.journal = Journal(path)
+                try:
+                    record = self.journal.read()
+                except OSError as exc:
+                    raise StoreError(f"cannot read the journal {path}: {exc}") from exc
+                if record is not None:
+                    self._roll_forward(record)
+                    done.append("completed an interrupted store of "
+                                f"{self._journal_subject(record, None)}")
+        finally:
+            self.journal = own
         # Whatever is left in staging belongs to a commit that crashed before its journal
         # was written: it never went live. (Staging is small; the key and cert directories,
         # which can hold 100,000 entries, are never listed.)

@@ -311,3 +311,25 @@ async def test_group_committer_batches_concurrent_commits(tmp_path: Path) -> Non
     for pair in pairs:
         assert got[pair.line.lineno].cert.read_bytes() == pair.chain_pem
         assert scan_one(store, pair.line, "ec").problem is None
+
+
+def test_recover_finishes_the_journal_of_an_order_process(tmp_path: Path) -> None:
+    """An order process of a sharded run (--processes) commits through its own journal;
+    the next run's recovery finds it there."""
+    store = Store(settings(tmp_path), test=False)
+    store.ensure_dirs()
+    (pair,) = _pairs(1)
+    shard = Store(settings(tmp_path), test=False)
+    shard.use_journal("pending-1")
+    paths = shard.paths(pair.line, "ec")
+    tmp = shard.staging_dir / f"{paths.cert.name}.feedbeef"
+    tmp.write_bytes(pair.chain_pem)
+    tmp_key = shard.staging_dir / f"{paths.key.name}.feedbeef"
+    tmp_key.write_bytes(pair.key_pem)  # type: ignore[arg-type]
+    shard.journal.write({"renames": [
+        [str(tmp_key.relative_to(shard.root)), str(paths.key.relative_to(shard.root))],
+        [str(tmp.relative_to(shard.root)), str(paths.cert.relative_to(shard.root))]],
+        "links": [], "certs": [paths.cert.name]})
+    assert store.recover() == [f"completed an interrupted store of {paths.cert.name}"]
+    assert scan_one(store, pair.line, "ec").problem is None
+    assert shard.journal.read() is None and store.journal.path.name == "pending"

@@ -8,7 +8,8 @@ Contract:
   lock, a few float operations), otherwise it sleeps exactly until its reserved token refills.
   Unknown names use the "*" bucket. Defaults follow Let's Encrypt's published per-endpoint
   "overall requests" limits; ``overrides`` ({name: requests per second}, or pairs) replace the
-  rate of a bucket, with a burst of max(1, rate).
+  rate of a bucket, with a burst of max(1, rate). ``share`` (0-1] scales every rate and burst:
+  the order processes of a sharded run (``--processes``) split the limits between them.
 * ``order_limiter(parallel)``: the ``anyio.CapacityLimiter`` that bounds orders in flight
   (``--parallel``).
 
@@ -112,10 +113,15 @@ class RequestRateLimiter:
         defaults: Mapping[str, Rate] = LETS_ENCRYPT_RATES,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        share: float = 1.0,
     ) -> None:
         rates = {**defaults, **_validated(overrides)}
         if "*" not in rates:
             raise ConfigError("the rate limits need a '*' entry for the remaining endpoints")
+        if share != 1.0:
+            # One of several order processes of a run: together they keep to the limits.
+            rates = {name: Rate(rate.per_second * share, max(1.0, rate.burst * share))
+                     for name, rate in rates.items()}
         now = clock()
         self._clock = clock
         self._sleep = sleep

@@ -3,9 +3,12 @@
 Contract: ``ChallengeServer.running(host, port)`` binds before it yields (a bind failure is a
 ``ChallengeError`` that says why) and stops when the block ends. It answers
 ``GET /.well-known/acme-challenge/<token>`` with the key authorization of a presented token
-and 404 for everything else (other paths, queries, other methods); tokens are held in memory
-only. Each connection gets one answer and is closed; a client that does not send its request
-head within ``REQUEST_TIMEOUT`` seconds is dropped, so no client can hold the server up.
+and 404 for everything else (other paths, queries, other methods); tokens are held in memory,
+and with ``shared_dir`` also looked up as files there (``<shared_dir>/<token>``, written by
+order processes of the same run through ``DropDirSolver(shared_dir, durable=False)``; only a
+well-formed token is ever turned into a file name). Each connection gets one answer and is
+closed; a client that does not send its request head within ``REQUEST_TIMEOUT`` seconds is
+dropped, so no client can hold the server up.
 
 Why not aiohttp's web server: the CA fetches every token several times from fresh
 connections (Let's Encrypt and Pebble validate from several perspectives), so in a bulk run
@@ -18,10 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import anyio
 
+from lematt.acme.messages import is_valid_token
 from lematt.challenges import CHALLENGE_PATH, check_token
 from lematt.errors import ChallengeError
 
@@ -41,8 +46,8 @@ BAD_REQUEST = _response("400 Bad Request", b"bad request\n")
 class _Http01(asyncio.Protocol):
     """One connection: read the request head, answer once, close."""
 
-    def __init__(self, tokens: dict[str, str]) -> None:
-        self._tokens = tokens
+    def __init__(self, lookup: Callable[[str], str | None]) -> None:
+        self._lookup = lookup
         self._buffer = bytearray()
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -75,7 +80,7 @@ class _Http01(asyncio.Protocol):
         method, target = parts[0], parts[1].decode("ascii", "replace")
         if method != b"GET" or not target.startswith(CHALLENGE_PATH):
             return NOT_FOUND
-        answer = self._tokens.get(target[len(CHALLENGE_PATH):])
+        answer = self._lookup(target[len(CHALLENGE_PATH):])
         return NOT_FOUND if answer is None else _response("200 OK", answer.encode())
 
     def _answer(self, response: bytes) -> None:
@@ -85,14 +90,22 @@ class _Http01(asyncio.Protocol):
 
 
 class ChallengeServer:
-    def __init__(self) -> None:
+    def __init__(self, shared_dir: Path | None = None) -> None:
         self._tokens: dict[str, str] = {}
+        self._shared_dir = shared_dir
+
+    def _lookup(self, token: str) -> str | None:
+        answer = self._tokens.get(token)
+        if answer is None and self._shared_dir is not None and is_valid_token(token):
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                return (self._shared_dir / token).read_bytes().decode("ascii")
+        return answer
 
     @contextlib.asynccontextmanager
     async def running(self, host: str, port: int) -> AsyncIterator[ChallengeServer]:
         loop = asyncio.get_running_loop()
         try:
-            server = await loop.create_server(lambda: _Http01(self._tokens), host, port,
+            server = await loop.create_server(lambda: _Http01(self._lookup), host, port,
                                               reuse_address=True)
         except OSError as exc:
             why = ("permission denied (ports below 1024 need root or cap_net_bind_service)"

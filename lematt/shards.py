@@ -1,0 +1,236 @@
+"""Order processes (``--processes N``): one run's orders spread over N processes.
+
+Why: one event loop uses one core. In a bulk run against a nearby CA, lematt's loop (HTTP,
+TLS, JWS) is what keeps the machine from being busier; N processes use N cores.
+
+Contract, main process (``run_shards``): the due lines are dealt out to N order processes
+(``python -m lematt.shards``; a line's RSA and EC jobs stay together). Each gets one JSON
+line on stdin - the conf path, its jobs, its share of the request rates, its own journal
+name - and answers one JSON line per finished job on stdout, which ``record`` receives at
+once. Planning, the lock, recovery and deploys stay in the main process. With
+``challengeListen`` the main process serves every challenge: the order processes write
+their key authorizations into a private directory (``/dev/shm`` where there is one) that
+its server reads; with ``challengeDropDir`` they write into the drop dir themselves. A job
+whose process ends without answering fails with an internal error; the others are kept.
+
+Order processes hold the conf-dir lock's descriptor (inherited), so no second run can start
+while one of them still stores, even if the main process was killed. They stop - shielded
+cleanup, commits finished - when their stdin closes: the main process closes it when it is
+done or cancelled, and the kernel when it dies. They are started in their own session, so a
+Ctrl-C reaches only the main process, which then stops them that way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from lematt.errors import LemattError
+
+if TYPE_CHECKING:
+    from lematt.engine import Engine, Outcome
+    from lematt.plan import Job
+
+# How long a stopped order process may take to finish its cleanup before it is killed.
+STOP_GRACE_SECONDS = 30.0
+
+
+def deal(jobs: list[Job], processes: int) -> list[list[Job]]:
+    """Jobs in ``processes`` groups of whole lines, round-robin in domains order."""
+    by_line: dict[int, list[Job]] = {}
+    for job in jobs:
+        by_line.setdefault(job.line.lineno, []).append(job)
+    groups: list[list[Job]] = [[] for _ in range(processes)]
+    for i, line_jobs in enumerate(by_line.values()):
+        groups[i % processes].extend(line_jobs)
+    return [group for group in groups if group]
+
+
+@contextlib.contextmanager
+def _token_dir() -> Iterator[Path]:
+    """A private directory for challenge files, in memory (``/dev/shm``) where possible."""
+    base = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
+    path = Path(tempfile.mkdtemp(prefix="lematt-tokens-", dir=base))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def _challenge_server(engine: Engine, shared_dir: Path) -> AsyncIterator[None]:
+    listen = engine.settings.challenge_listen
+    if listen is None:
+        yield
+        return
+    from lematt.challenges.server import ChallengeServer
+
+    async with ChallengeServer(shared_dir).running(*listen):
+        yield
+
+
+async def run_shards(engine: Engine, jobs: list[Job], processes: int,
+                     record: Callable[[Outcome], None]) -> None:
+    groups = deal(jobs, processes)
+    with _token_dir() as shared_dir:
+        async with _challenge_server(engine, shared_dir), anyio.create_task_group() as tg:
+            for number, group in enumerate(groups):
+                tg.start_soon(_one_process, engine, number, len(groups), group, shared_dir,
+                              record)
+
+
+def _outcome_from(job: Job, data: dict[str, Any]) -> Outcome:
+    from lematt.engine import Outcome
+
+    not_after = data.get("not_after")
+    return Outcome(job, changed=bool(data.get("changed")), error=data.get("error"),
+                   not_after=datetime.fromisoformat(not_after) if not_after else None,
+                   new_key=bool(data.get("new_key")))
+
+
+async def _one_process(engine: Engine, number: int, count: int, jobs: list[Job],
+                       shared_dir: Path, record: Callable[[Outcome], None]) -> None:
+    from lematt.engine import Outcome
+
+    spec = {
+        "config": str(engine.config.config_path),
+        "test": engine.options.test,
+        "parallel": max(1, engine.options.parallel // count),
+        "rate_share": 1.0 / count,
+        "journal": f"pending-{number}",
+        "shared_dir": str(shared_dir) if engine.settings.challenge_listen else None,
+        "jobs": [[job.line.lineno, job.key_type, job.reason, job.found.key_present]
+                 for job in jobs],
+    }
+    waiting = {(job.line.lineno, job.key_type): job for job in jobs}
+    process = await anyio.open_process(
+        [sys.executable, "-m", "lematt.shards"], stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=None, start_new_session=True,
+        pass_fds=(engine.lock_fd,) if engine.lock_fd is not None else ())
+    status: int | None = None
+    cancelled = False
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        await process.stdin.send(json.dumps(spec).encode() + b"\n")
+        pending = b""
+        async for chunk in process.stdout:
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                try:
+                    data = json.loads(line)
+                    key = (int(data["lineno"]), str(data["key_type"]))
+                except (ValueError, KeyError, TypeError):
+                    print(f"lematt: order process {number}: {line[:200]!r}", file=sys.stderr)
+                    continue
+                job = waiting.pop(key, None)
+                if job is not None:
+                    record(_outcome_from(job, data))
+        status = await process.wait()
+    except anyio.get_cancelled_exc_class():
+        cancelled = True  # the run is stopping: its jobs are not failures to report
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            # EOF on its stdin stops the process (if it still runs) with its cleanup.
+            if process.stdin is not None:
+                with contextlib.suppress(Exception):
+                    await process.stdin.aclose()
+            with anyio.move_on_after(STOP_GRACE_SECONDS):
+                status = await process.wait()
+            if process.returncode is None:
+                process.kill()
+                status = await process.wait()
+            await process.aclose()
+            for job in waiting.values() if not cancelled else ():
+                record(Outcome(job, error=f"internal error: order process {number} ended "
+                                          f"(exit status {status}) before this certificate"))
+
+
+# -- the order process ------------------------------------------------------------------------
+
+async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
+    from lematt.engine import Outcome, load_or_create_account_key
+    from lematt.inventory import Found
+    from lematt.plan import Job
+
+    lines = {line.lineno: line for line in engine.config.lines}
+    jobs = [Job(lines[lineno], key_type, reason, Found(None, key_present=key_present))
+            for lineno, key_type, reason, key_present in spec["jobs"]]
+    out = sys.stdout
+    unanswered = {(job.line.lineno, job.key_type): job for job in jobs}
+
+    def answer(outcome: Outcome) -> None:
+        unanswered.pop((outcome.job.line.lineno, outcome.job.key_type), None)
+        out.write(json.dumps({
+            "lineno": outcome.job.line.lineno, "key_type": outcome.job.key_type,
+            "changed": outcome.changed, "error": outcome.error, "new_key": outcome.new_key,
+            "not_after": outcome.not_after.isoformat() if outcome.not_after else None,
+        }) + "\n")
+        out.flush()
+
+    async with anyio.create_task_group() as tg:
+        async def stop_at_eof() -> None:
+            # The main process closes our stdin when it is done, stopped, or dead. (Read
+            # on the loop: a thread blocked in read() would keep this process from exiting.)
+            stdin = sys.stdin.fileno()
+            os.set_blocking(stdin, False)
+            while True:
+                await anyio.wait_readable(stdin)
+                with contextlib.suppress(BlockingIOError):
+                    if not os.read(stdin, 4096):
+                        break
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(stop_at_eof)
+        shared = spec["shared_dir"]
+        try:
+            account_key = load_or_create_account_key(engine.settings.account_key,
+                                                      engine.reporter)
+            await engine.orders_here(jobs, None, account_key, answer,
+                                     shared_dir=Path(shared) if shared else None,
+                                     rate_share=float(spec["rate_share"]))
+        except LemattError as exc:
+            # What ends a whole run in one process (the CA unreachable, say) fails this
+            # process's remaining jobs, each with the reason.
+            for job in list(unanswered.values()):
+                answer(Outcome(job, error=str(exc)))
+        tg.cancel_scope.cancel()
+
+
+def main() -> int:
+    from lematt import config as config_mod
+    from lematt.cli import tune_gc
+    from lematt.engine import Engine, Options
+    from lematt.report import Reporter
+
+    spec = json.loads(sys.stdin.buffer.readline())
+    try:
+        config = config_mod.load(Path(spec["config"]))
+        engine = Engine(config, Options(test=bool(spec["test"]), parallel=int(spec["parallel"])),
+                        # stdout carries the answers: anything else goes to stderr.
+                        Reporter(cron=True, test=bool(spec["test"]), out=sys.stderr))
+        engine.store.use_journal(str(spec["journal"]))
+        tune_gc()
+        anyio.run(_serve, engine, spec)
+    except LemattError as exc:
+        # Every job this process did not answer fails with this text in the main process's
+        # report (as an order process that ended early); say why here.
+        print(f"lematt order process: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
