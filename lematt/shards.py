@@ -110,8 +110,8 @@ async def _one_process(engine: Engine, number: int, count: int, jobs: list[Job],
         "rate_share": 1.0 / count,
         "journal": f"pending-{number}",
         "shared_dir": str(shared_dir) if engine.settings.challenge_listen else None,
-        "jobs": [[job.line.lineno, job.key_type, job.reason, job.found.key_present]
-                 for job in jobs],
+        "jobs": [[job.line.lineno, list(job.line.names), job.key_type, job.reason,
+                  job.found.key_present] for job in jobs],
     }
     waiting = {(job.line.lineno, job.key_type): job for job in jobs}
     process = await anyio.open_process(
@@ -161,13 +161,20 @@ async def _one_process(engine: Engine, number: int, count: int, jobs: list[Job],
 # -- the order process ------------------------------------------------------------------------
 
 async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
+    from lematt.config import CertLine
     from lematt.engine import Outcome, load_or_create_account_key
     from lematt.inventory import Found
     from lematt.plan import Job
 
     lines = {line.lineno: line for line in engine.config.lines}
-    jobs = [Job(lines[lineno], key_type, reason, Found(None, key_present=key_present))
-            for lineno, key_type, reason, key_present in spec["jobs"]]
+    jobs: list[Job] = []
+    changed: list[Job] = []  # the domains file was edited after the main process read it
+    for lineno, names, key_type, reason, key_present in spec["jobs"]:
+        line = lines.get(lineno)
+        if line is not None and list(line.names) == names:
+            jobs.append(Job(line, key_type, reason, Found(None, key_present=key_present)))
+        else:
+            changed.append(Job(CertLine(lineno, tuple(names)), key_type, reason, Found(None)))
     out = sys.stdout
     unanswered = {(job.line.lineno, job.key_type): job for job in jobs}
 
@@ -194,6 +201,9 @@ async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
             tg.cancel_scope.cancel()
 
         tg.start_soon(stop_at_eof)
+        for job in changed:
+            answer(Outcome(job, error="the domains file changed during the run; not ordered, "
+                                      "the next run sees the new line"))
         shared = spec["shared_dir"]
         try:
             account_key = load_or_create_account_key(engine.settings.account_key,
