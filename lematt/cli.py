@@ -52,13 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default="conf/lematt.conf", type=Path,
                    help="lematt.conf; domains and actions.conf are read from its directory "
                         "(default: %(default)s)")
-    # 20: the best measured throughput against a local CA without provoking Pebble's stalls,
-    # and already past what Let's Encrypt's rate limits let one account use (README, Speed).
-    p.add_argument("--parallel", type=_positive, default=20, metavar="N",
-                   help="orders in flight at once (default: %(default)s)")
-    p.add_argument("--processes", type=_positive, default=1, metavar="N",
+    # Defaults come from lematt.conf (parallel, processes), else 20 and 1: 20 is the best
+    # measured throughput against a local CA without provoking Pebble's stalls, and already
+    # past what Let's Encrypt's rate limits let one account use (README, Speed).
+    p.add_argument("--parallel", type=_positive, metavar="N",
+                   help="orders in flight at once (default: lematt.conf's parallel, else 20)")
+    p.add_argument("--processes", type=_positive, metavar="N",
                    help="spread the orders over N processes, to use N cores in bulk runs "
-                        "against a nearby CA (default: %(default)s)")
+                        "against a nearby CA (default: lematt.conf's processes, else 1)")
     p.add_argument("--cron", action="store_true",
                    help="print nothing when nothing is due; else only renewals, actions "
                         "and failures")
@@ -129,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         return EXIT_USAGE
-    options = Options(test=args.test, parallel=args.parallel, processes=args.processes)
+    s = config.settings
+    options = Options(test=args.test, parallel=args.parallel or s.parallel,
+                      processes=args.processes or s.processes)
     tune_gc()
     try:
         result = anyio.run(_run_until_signal, Engine(config, options, reporter))

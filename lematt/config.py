@@ -56,6 +56,9 @@ class Settings:
     ssh_connect_timeout: float = 15.0
     ssh_command_timeout: float = 120.0
     parallel_hosts: int = 32
+    # Orders in flight and order processes; --parallel / --processes override them.
+    parallel: int = 20
+    processes: int = 1
     # Every request to the CA has a timeout and every order a deadline: a frozen CA ends the
     # run with one clear error per certificate instead of a hang.
     acme_request_timeout: float = 30.0

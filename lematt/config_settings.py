@@ -57,6 +57,8 @@ KNOWN_KEYS = (
     "sshConnectTimeout",
     "sshCommandTimeout",
     "parallelHosts",
+    "parallel",
+    "processes",
     "acmeRequestTimeout",
     "orderTimeout",
 )
@@ -165,6 +167,8 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "sshConnectTimeout": ("ssh_connect_timeout", _positive_seconds),
         "sshCommandTimeout": ("ssh_command_timeout", _positive_seconds),
         "parallelHosts": ("parallel_hosts", _positive_int),
+        "parallel": ("parallel", _positive_int),
+        "processes": ("processes", _positive_int),
         "acmeRequestTimeout": ("acme_request_timeout", _positive_seconds),
         "orderTimeout": ("order_timeout", _positive_seconds),
     }

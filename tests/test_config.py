@@ -256,6 +256,8 @@ def test_challenge_listen_normalises_ipv6(tmp_path: Path) -> None:
     ("line", "fragments"),
     [
         ("reauthorizeDays: 0", ["reauthorizeDays", "greater than 0"]),
+        ("parallel: 0", ["parallel", "at least 1"]),
+        ("processes: two", ["processes"]),
         ("reauthorizeDays: -2", ["reauthorizeDays", "greater than 0"]),
         ("reauthorizeDays: soon", ["reauthorizeDays", "not a number"]),
         ("reauthorizeDays: nan", ["reauthorizeDays", "finite"]),

@@ -66,13 +66,15 @@ def test_sharded_run_with_challenge_listen_is_served_by_the_main_process(
         pebble.add_a(name, "127.0.0.2")
     try:
         conf = make_conf(tmp_path, "".join(f"{n}\n" for n in names), extra_conf={
-            "challengeDropDir": None, "keyTypes": "ec",
+            "challengeDropDir": None, "keyTypes": "ec", "processes": 3,
             "challengeListen": f"127.0.0.2:{pebble.http_port}"})
-        result = run_lematt("--test", "--processes", "3", "--config", conf)
+        result = run_lematt("--test", "--config", conf)  # processes from lematt.conf
     finally:
         for name in names:
             pebble.clear_a(name)
     assert result.returncode == 0, result.stderr
+    assert sorted(j.name for j in (conf.parent / "test/.journal").iterdir()) == [
+        "pending", "pending-0", "pending-1", "pending-2"]
     t = tree(conf)
     for name in names:
         assert_pair(t["key"] / f"{name}-key.prime256v1.test.pem",
