@@ -1,4 +1,5 @@
-"""Command line: ``lematt (--test | --prod) [--config PATH] [--parallel N] [--cron] [--debug]``.
+"""Command line: ``lematt (--test | --prod) [--config PATH] [--parallel N] [--processes N]
+[--cron] [--json PATH] [--debug]``.
 
 Contract: ``main(argv)`` returns the exit status and never raises for expected problems:
 0 every certificate current or renewed and every action succeeded; 1 some certificate or

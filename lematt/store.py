@@ -245,7 +245,7 @@ class Store:
             return [error if isinstance(r, CertPaths) else r for r in results]
         # From here on the journal guarantees the new pairs go live, now or at the next start.
         try:
-            self._roll_forward(record)
+            self._roll_forward(record, self.journal)
         except StoreError as exc:
             self._unfinished = StoreError(
                 f"not stored: an earlier store of this run could not be finished ({exc}); "
@@ -272,10 +272,10 @@ class Store:
                              ) from exc
         return paths, pending
 
-    def _roll_forward(self, record: dict[str, list[list[str]]],
-                      legacy: Path | None = None) -> None:
+    def _roll_forward(self, record: dict[str, list[list[str]]], journal: Journal | Path,
+                      ) -> None:
         """Finish the renames and links of a journaled commit, then clear its journal
-        (``legacy``: a per-commit journal file of an earlier lematt, removed instead)."""
+        (a ``Path``: a per-commit journal file of an earlier lematt, removed instead)."""
         try:
             dirs: set[Path] = set()
             for tmp_rel, final_rel in record.get("renames", []):
@@ -293,24 +293,24 @@ class Store:
             # only then may the journal go.
             for d in dirs:
                 fsync_dir(d)
-            if legacy is not None:
-                legacy.unlink()
+            if isinstance(journal, Journal):
+                journal.clear()
             else:
-                self.journal.clear()
+                journal.unlink()
         except OSError as exc:
             raise StoreError(
-                f"cannot finish storing {self._journal_subject(record, legacy)}: {exc}; "
+                f"cannot finish storing {self._journal_subject(record, journal)}: {exc}; "
                 "the next run completes it"
             ) from exc
 
     @staticmethod
-    def _journal_subject(record: dict[str, list[list[str]]], legacy: Path | None) -> str:
+    def _journal_subject(record: dict[str, list[list[str]]], journal: Journal | Path) -> str:
         certs = [str(c) for c in record.get("certs", [])]
         if len(certs) > 3:
             return f"{', '.join(certs[:3])} and {len(certs) - 3} more"
         if certs:
             return ", ".join(certs)
-        return legacy.stem if legacy is not None else "a certificate"
+        return journal.stem if isinstance(journal, Path) else "a certificate"
 
     @staticmethod
     def _link(link: Path, target: str) -> bool:
@@ -374,20 +374,16 @@ class Store:
             done.append(
                 f"completed an interrupted store of {self._journal_subject(record, legacy)}")
         # "pending", and "pending-N" of the order processes of a sharded run.
-        own = self.journal
-        try:
-            for path in sorted(self.journal_dir.glob("pending*")):
-                self.journal = Journal(path)
-                try:
-                    record = self.journal.read()
-                except OSError as exc:
-                    raise StoreError(f"cannot read the journal {path}: {exc}") from exc
-                if record is not None:
-                    self._roll_forward(record)
-                    done.append("completed an interrupted store of "
-                                f"{self._journal_subject(record, None)}")
-        finally:
-            self.journal = own
+        for path in sorted(self.journal_dir.glob("pending*")):
+            journal = Journal(path)
+            try:
+                record = journal.read()
+            except OSError as exc:
+                raise StoreError(f"cannot read the journal {path}: {exc}") from exc
+            if record is not None:
+                self._roll_forward(record, journal)
+                done.append("completed an interrupted store of "
+                            f"{self._journal_subject(record, journal)}")
         # Whatever is left in staging belongs to a commit that crashed before its journal
         # was written: it never went live. (Staging is small; the key and cert directories,
         # which can hold 100,000 entries, are never listed.)

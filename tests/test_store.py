@@ -203,6 +203,22 @@ def _pairs(n: int) -> list[NewPair]:
     return pairs
 
 
+def _journal_by_hand(store: Store, pairs: list[NewPair]) -> None:
+    """What ``commit_many`` leaves when it crashes after writing the journal: the pairs'
+    key and certificate staged, the journal naming their renames and links."""
+    renames, links = [], []
+    for pair in pairs:
+        paths = store.paths(pair.line, "ec")
+        for data, final in ((pair.key_pem, paths.key), (pair.chain_pem, paths.cert)):
+            tmp = store.staging_dir / f"{final.name}.feedbeef"
+            tmp.write_bytes(data)  # type: ignore[arg-type]
+            renames.append([str(tmp.relative_to(store.root)),
+                            str(final.relative_to(store.root))])
+        links += [[str(link.relative_to(store.root)), target] for link, target in paths.links]
+    store.journal.write({"renames": renames, "links": links,
+                         "certs": [store.paths(p.line, "ec").cert.name for p in pairs]})
+
+
 def test_group_commit_makes_every_pair_live_with_its_links(tmp_path: Path) -> None:
     store = Store(settings(tmp_path), test=False)
     store.ensure_dirs()
@@ -224,17 +240,7 @@ def test_recover_rolls_a_group_commit_forward_from_the_journal(tmp_path: Path) -
     store = Store(settings(tmp_path), test=False)
     store.ensure_dirs()
     pairs = _pairs(2)
-    renames, links = [], []
-    for pair in pairs:
-        paths = store.paths(pair.line, "ec")
-        for data, final in ((pair.key_pem, paths.key), (pair.chain_pem, paths.cert)):
-            tmp = store.staging_dir / f"{final.name}.feedbeef"
-            tmp.write_bytes(data)  # type: ignore[arg-type]
-            renames.append([str(tmp.relative_to(store.root)),
-                            str(final.relative_to(store.root))])
-        links += [[str(link.relative_to(store.root)), target] for link, target in paths.links]
-    store.journal.write({"renames": renames, "links": links,
-                         "certs": [store.paths(p.line, "ec").cert.name for p in pairs]})
+    _journal_by_hand(store, pairs)
     (done,) = store.recover()
     assert done.startswith("completed an interrupted store of site0.example.com_")
     for pair in pairs:
@@ -321,15 +327,8 @@ def test_recover_finishes_the_journal_of_an_order_process(tmp_path: Path) -> Non
     (pair,) = _pairs(1)
     shard = Store(settings(tmp_path), test=False)
     shard.use_journal("pending-1")
+    _journal_by_hand(shard, [pair])
     paths = shard.paths(pair.line, "ec")
-    tmp = shard.staging_dir / f"{paths.cert.name}.feedbeef"
-    tmp.write_bytes(pair.chain_pem)
-    tmp_key = shard.staging_dir / f"{paths.key.name}.feedbeef"
-    tmp_key.write_bytes(pair.key_pem)  # type: ignore[arg-type]
-    shard.journal.write({"renames": [
-        [str(tmp_key.relative_to(shard.root)), str(paths.key.relative_to(shard.root))],
-        [str(tmp.relative_to(shard.root)), str(paths.cert.relative_to(shard.root))]],
-        "links": [], "certs": [paths.cert.name]})
     assert store.recover() == [f"completed an interrupted store of {paths.cert.name}"]
     assert scan_one(store, pair.line, "ec").problem is None
     assert shard.journal.read() is None and store.journal.path.name == "pending"
