@@ -22,6 +22,13 @@ def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}{TEMP_MARK}{secrets.token_hex(4)}")
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """``os.write`` until every byte is written (a write may take only part)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_temp(target: Path, data: bytes, mode: int, tmp: Path | None = None) -> Path:
     """Write ``data`` to a new temp file beside ``target`` (mode set at creation), fsync it.
     ``tmp`` is the temp name to use (from ``temp_name``) when the caller recorded it first."""
@@ -30,10 +37,7 @@ def write_temp(target: Path, data: bytes, mode: int, tmp: Path | None = None) ->
     try:
         # The umask may have cleared bits we asked for (0644 under umask 027): set them exactly.
         os.fchmod(fd, mode)
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lematt.atomic import fsync_dir
+from lematt.atomic import fsync_dir, write_all
 
 MAGIC = b"lematt-journal-1"
 
@@ -50,9 +50,7 @@ class Journal:
         try:
             # Truncate first: a longer old content must not survive behind the new one.
             os.ftruncate(fd, 0)
-            view = memoryview(header + body)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, header + body)
             os.fdatasync(fd)
         finally:
             os.close(fd)

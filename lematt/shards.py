@@ -25,11 +25,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,15 +56,11 @@ def deal(jobs: list[Job], processes: int) -> list[list[Job]]:
     return [group for group in groups if group]
 
 
-@contextlib.contextmanager
-def _token_dir() -> Iterator[Path]:
+def _token_dir() -> tempfile.TemporaryDirectory[str]:
     """A private directory for challenge files, in memory (``/dev/shm``) where possible."""
     base = "/dev/shm" if os.access("/dev/shm", os.W_OK | os.X_OK) else None
-    path = Path(tempfile.mkdtemp(prefix="lematt-tokens-", dir=base))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
+    return tempfile.TemporaryDirectory(prefix="lematt-tokens-", dir=base,
+                                       ignore_cleanup_errors=True)
 
 
 @contextlib.asynccontextmanager
@@ -83,7 +78,8 @@ async def _challenge_server(engine: Engine, shared_dir: Path) -> AsyncIterator[N
 async def run_shards(engine: Engine, jobs: list[Job], processes: int,
                      record: Callable[[Outcome], None]) -> None:
     groups = deal(jobs, processes)
-    with _token_dir() as shared_dir:
+    with _token_dir() as token_dir:
+        shared_dir = Path(token_dir)
         async with _challenge_server(engine, shared_dir), anyio.create_task_group() as tg:
             for number, group in enumerate(groups):
                 tg.start_soon(_one_process, engine, number, len(groups), group, shared_dir,
