@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from lematt.engine import Engine, RunResult
+    from lematt.errors import LemattError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -93,13 +94,22 @@ async def _run_until_signal(engine: Engine) -> RunResult | None:
         tg.start_soon(watch)
         try:
             result = await engine.run()
-        except LemattError as exc:
-            error = exc
+        except* LemattError as group:
+            # A run-wide error raised inside a task group (the group-commit thread's, an
+            # order process's) arrives wrapped: the user gets its own sentence.
+            error = _first_leaf(group)
         finally:
             tg.cancel_scope.cancel()
     if error is not None:
         raise error
     return result
+
+
+def _first_leaf(group: BaseExceptionGroup[LemattError]) -> LemattError:
+    first = group.exceptions[0]
+    while isinstance(first, BaseExceptionGroup):
+        first = first.exceptions[0]
+    return first
 
 
 def tune_gc() -> None:
@@ -119,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import anyio
 
     from lematt import config as config_mod
-    from lematt.engine import Engine, Options, summary
+    from lematt.engine import Engine, Options, failed_summary, summary
     from lematt.errors import ConfigError, LemattError
     from lematt.report import Reporter, write_summary
 
@@ -140,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LemattError as exc:
         print(f"lematt: {exc}", file=sys.stderr)
         if args.debug:
-            traceback.print_exc()
+            traceback.print_exception(exc)
+        if args.json is not None:
+            write_summary(args.json, failed_summary(str(exc), options))
         return EXIT_FAILED
     except KeyboardInterrupt:
         result = None

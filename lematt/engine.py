@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from lematt.accounts import AccountBook, load_or_create_account_key
 from lematt.actions import StepOutcome, forwarders, prepare_commands
-from lematt.atomic import write_atomic
 from lematt.config import CertLine, Config, SshForward
 from lematt.deploy import Deployer
 from lematt.errors import CryptoError, LemattError, StoreError
@@ -95,22 +95,6 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return all(o.ok for o in self.outcomes) and all(s.ok for s in self.steps)
-
-
-def load_or_create_account_key(path: Path, reporter: Reporter) -> crypto.PrivateKey:
-    """The ACME account key; a missing one is created as EC P-256, mode 0600, and announced."""
-    from lematt import crypto
-
-    data = Store.read_bytes(path)
-    if data is None:
-        data = crypto.generate_private_pem("ec", curve="prime256v1")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data, 0o600)
-        except OSError as exc:
-            raise StoreError(f"accountKey {path}: cannot create it: {exc}") from exc
-        reporter.change(f"created a new ACME account key (EC P-256) at {path}")
-    return crypto.load_private_key(data, source=f"accountKey {path}")
 
 
 class Engine:
@@ -205,22 +189,17 @@ class Engine:
                 ctx.hub.finished(fwd)
 
     async def _line_orders(self, ctx: _Orders, line: CertLine, jobs: list[Job]) -> None:
-        async def one(job: Job) -> None:
-            ctx.record(await self._order(ctx, job))
-
+        """A line's jobs (its key types) one after the other, never two orders for the same
+        names in flight: a CA may answer a second newOrder for the same account and
+        identifiers with the first, still pending or ready, order (RFC 8555 section 7.4;
+        Let's Encrypt's Boulder does), and two jobs sharing one order lose one certificate.
+        The second order finds the names' authorizations already valid, so it costs little;
+        different lines still run concurrently."""
         prepares = prepare_commands(self.config.actions, line)
-        if not prepares:
-            async with anyio.create_task_group() as tg:
-                for job in jobs:
-                    async def slotted(job: Job = job) -> None:
-                        async with ctx.slots:
-                            await one(job)
-                    tg.start_soon(slotted)
-            return
-        # With prepare commands (the original's `ssh -t host leforward.py`, say) the line's
-        # orders share one slot and one set of prepared processes, started before and stopped
-        # after both.
         async with ctx.slots, contextlib.AsyncExitStack() as stack:
+            # With prepare commands (the original's `ssh -t host leforward.py`, say) the
+            # line's orders share one set of prepared processes, started before and stopped
+            # after all of them.
             try:
                 for command in prepares:
                     self.reporter.info(f"prepare for {line.primary}: {command}")
@@ -229,7 +208,7 @@ class Engine:
                 self._fail_all(ctx, jobs, f"prepare failed: {exc}")
                 return
             for job in jobs:
-                await one(job)
+                ctx.record(await self._order(ctx, job))
 
     # -- the run --------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -252,8 +231,44 @@ class Engine:
             solver.prepare()
             yield solver
 
+    def _remember_account(self, account_key: crypto.PrivateKey) -> Callable[[str], None]:
+        """What an ACME client calls with a newly learnt account URL: it goes into the
+        account book, so later runs (and order processes) need no newAccount."""
+        from lematt.acme.jws import thumbprint
+
+        directory = self.settings.directory_url(self.options.test)
+        book, print_ = AccountBook(self.settings.account_key), thumbprint(account_key)
+
+        def remember(url: str) -> None:
+            try:
+                book.remember(directory, print_, url)
+            except StoreError as exc:
+                # The account works; only the next run will have to look it up again.
+                self.reporter.warn(str(exc))
+
+        return remember
+
+    def known_account(self, account_key: crypto.PrivateKey) -> str | None:
+        """The account URL this key has at this run's CA, if an earlier run learnt it."""
+        from lematt.acme.jws import thumbprint
+
+        return AccountBook(self.settings.account_key).lookup(
+            self.settings.directory_url(self.options.test), thumbprint(account_key))
+
+    def _client(self, account_key: crypto.PrivateKey,
+                rate_share: float = 1.0) -> contextlib.AbstractAsyncContextManager[AcmeClient]:
+        from lematt.acme.client import AcmeClient
+        from lematt.acme.limits import RequestRateLimiter
+
+        s = self.settings
+        return AcmeClient.open(
+            s.directory_url(self.options.test), account_key, ca_bundle=s.ca_bundle,
+            rate_limiter=RequestRateLimiter(dict(s.rate_limits), share=rate_share),
+            request_timeout=s.acme_request_timeout)
+
     async def _orders(self, jobs: list[Job], pool: SshPool | None) -> list[Outcome]:
-        account_key = load_or_create_account_key(self.settings.account_key, self.reporter)
+        account_key = load_or_create_account_key(self.settings.account_key,
+                                                 self.reporter.change)
         outcomes: list[Outcome] = []
 
         def record(outcome: Outcome) -> None:
@@ -264,6 +279,12 @@ class Engine:
         if processes > 1:
             from lematt.shards import run_shards
 
+            if self.known_account(account_key) is None:
+                # Register once here, so the order processes find the account URL in the
+                # book instead of each registering the key.
+                async with self._client(account_key) as client:
+                    await client.ensure_account(self.settings.contact_email,
+                                                remember=self._remember_account(account_key))
             await run_shards(self, jobs, processes, record)
         else:
             await self.orders_here(jobs, pool, account_key, record)
@@ -290,13 +311,11 @@ class Engine:
         """Order ``jobs`` in this process; ``record`` gets each outcome as it is known.
         ``shared_dir`` and ``rate_share`` are set in the order processes of a sharded run
         (their share of the request rates; the challenge files for the main process)."""
-        from lematt.acme.client import AcmeClient
-        from lematt.acme.limits import RequestRateLimiter, order_limiter
+        from lematt.acme.limits import order_limiter
         from lematt.challenges.forwarder import ForwarderHub
         from lematt.committer import group_commits
 
         s = self.settings
-        limiter = RequestRateLimiter(dict(s.rate_limits), share=rate_share)
         by_line: dict[int, list[Job]] = {}
         for job in jobs:
             by_line.setdefault(job.line.lineno, []).append(job)
@@ -305,24 +324,24 @@ class Engine:
         for lineno in by_line:
             for fwd in forwarders(self.config.actions, lines[lineno]):
                 planned[fwd] = planned.get(fwd, 0) + 1
-        async with (
-            AcmeClient.open(s.directory_url(self.options.test), account_key,
-                            ca_bundle=s.ca_bundle, rate_limiter=limiter,
-                            request_timeout=s.acme_request_timeout) as client,
-            self._solver(shared_dir) as solver,
-            group_commits(self.store) as committer,
-        ):
-            await client.ensure_account(s.contact_email)
-            ctx = _Orders(client, solver, order_limiter(self.options.parallel), committer,
-                          record)
-            async with anyio.create_task_group() as tg:
-                if planned:
-                    assert pool is not None
-                    ctx.hub = ForwarderHub(pool, s.ssh_config, tg, planned,
-                                           s.order_timeout + FORWARDER_MARGIN_SECONDS,
-                                           self.reporter.info)
-                for lineno, line_jobs in by_line.items():
-                    tg.start_soon(self._line, ctx, lines[lineno], line_jobs)
+        async with self._client(account_key, rate_share) as client:
+            # Before any task group opens: an account error is a run-wide error and must
+            # reach the CLI as itself, not wrapped in an ExceptionGroup.
+            await client.ensure_account(s.contact_email,
+                                        known_url=self.known_account(account_key),
+                                        remember=self._remember_account(account_key))
+            async with self._solver(shared_dir) as solver, \
+                    group_commits(self.store) as committer:
+                ctx = _Orders(client, solver, order_limiter(self.options.parallel), committer,
+                              record)
+                async with anyio.create_task_group() as tg:
+                    if planned:
+                        assert pool is not None
+                        ctx.hub = ForwarderHub(pool, s.ssh_config, tg, planned,
+                                               s.order_timeout + FORWARDER_MARGIN_SECONDS,
+                                               self.reporter.info)
+                    for lineno, line_jobs in by_line.items():
+                        tg.start_soon(self._line, ctx, lines[lineno], line_jobs)
 
     def _needs_ssh(self, jobs: list[Job], pending: dict[str, list[tuple[str, ...]]]) -> bool:
         if pending:
@@ -388,6 +407,7 @@ def summary(result: RunResult, options: Options) -> dict[str, object]:
         "mode": "test" if options.test else "prod",
         "pid": os.getpid(),
         "ok": result.ok,
+        "error": None,
         "certificates": [
             {"names": list(o.job.line.names), "key_type": o.job.key_type,
              "reason": o.job.reason, "renewed": o.changed, "error": o.error,
@@ -402,3 +422,8 @@ def summary(result: RunResult, options: Options) -> dict[str, object]:
             for s in result.steps
         ],
     }
+
+
+def failed_summary(error: str, options: Options) -> dict[str, object]:
+    """The JSON form of a run that a run-wide error stopped (the account, the lock, the CA)."""
+    return {**summary(RunResult(), options), "ok": False, "error": error}

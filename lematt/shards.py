@@ -157,8 +157,9 @@ async def _one_process(engine: Engine, number: int, count: int, jobs: list[Job],
 # -- the order process ------------------------------------------------------------------------
 
 async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
+    from lematt.accounts import load_or_create_account_key
     from lematt.config import CertLine
-    from lematt.engine import Outcome, load_or_create_account_key
+    from lematt.engine import Outcome
     from lematt.inventory import Found
     from lematt.plan import Job
 
@@ -203,7 +204,7 @@ async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
         shared = spec["shared_dir"]
         try:
             account_key = load_or_create_account_key(engine.settings.account_key,
-                                                      engine.reporter)
+                                                      engine.reporter.change)
             await engine.orders_here(jobs, None, account_key, answer,
                                      shared_dir=Path(shared) if shared else None,
                                      rate_share=float(spec["rate_share"]))

@@ -409,11 +409,13 @@ def start_pebble(workdir: Path, *, acme_port: int = 14000, management_port: int 
                  http_port: int = 5002, tls_port: int = 5001, dns_port: int = 8053,
                  challtestsrv_port: int = 8055, nonce_reject_percent: int | None = None,
                  extra_env: dict[str, str] | None = None, startup_timeout: float = 20.0,
+                 extra_config: dict[str, Any] | None = None,
                  cert_validity_seconds: int = PEBBLE_DEFAULT_VALIDITY_SECONDS) -> PebbleRig:
     """Start challtestsrv + Pebble on 127.0.0.1 and return once both answer.
 
     ``nonce_reject_percent=None`` keeps Pebble's default 5 % badNonce rejection, so client
-    retry paths run in every test; ``extra_env`` is added to the Pebble environment.
+    retry paths run in every test; ``extra_env`` is added to the Pebble environment and
+    ``extra_config`` to its config (``{"externalAccountBindingRequired": True, ...}``).
     ``http_port`` is not listened on by the rig: the caller runs the http-01 responder there.
     Raises ``RuntimeError`` if a binary is missing, :class:`RigError` on any other failure.
     """
@@ -438,6 +440,7 @@ def start_pebble(workdir: Path, *, acme_port: int = 14000, management_port: int 
         "ocspResponderURL": "",
         "externalAccountBindingRequired": False,
         "certificateValidityPeriod": cert_validity_seconds,
+        **(extra_config or {}),
     }}, indent=2) + "\n")
 
     env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}

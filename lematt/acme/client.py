@@ -14,7 +14,10 @@ directory (RFC 8555 section 7.1.1, no hard-coded paths) and closes the session o
   the problem is raised at once, since a cron run should not sit on a long rate limit.
 * Every other problem document becomes ``AcmeProblem`` (with ``context`` saying what lematt
   was doing); network errors, timeouts and non-ACME replies become ``AcmeError`` naming the URL.
-* Polls start soon (0.1 s), back off to 2 s, honour Retry-After (capped at 10 s) and never run
+* The account: ``ensure_account`` uses a remembered account URL without a request, else
+  registers; a CA that answers a known key with an empty body is asked for the account
+  itself; ``accountDoesNotExist`` on a signed request registers again once and resends.
+* Polls start soon (0.05 s), back off to 2 s, honour Retry-After (capped at 10 s) and never run
   past ``deadline`` (an ``anyio.current_time()`` value): then ``AcmeError`` "timed out ...".
 """
 
@@ -60,6 +63,7 @@ POLL_MAX_RETRY_AFTER = 10.0
 NONCE_POOL_SIZE = 64
 
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
+ACCOUNT_DOES_NOT_EXIST = "urn:ietf:params:acme:error:accountDoesNotExist"
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{1,512}")  # RFC 8555 section 6.5.1: base64url
 _DIGITS_RE = re.compile(r"[0-9]{1,10}")
 _T = TypeVar("_T")
@@ -113,6 +117,17 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+def _account_status(reply: Reply) -> Status | None:
+    """The account status in a reply body, or None when the body has no account object."""
+    try:
+        data = json.loads(reply.body) if reply.body.strip() else None
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or "status" not in data:
+        return None
+    return Account.from_json(data, reply.url).status
+
+
 def _ssl_context(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca_bundle)
@@ -139,6 +154,9 @@ class AcmeClient:
         self._limiter = rate_limiter
         self._timeout = request_timeout
         self._nonces: deque[str] = deque(maxlen=NONCE_POOL_SIZE)
+        self._contact_email: str | None = None
+        self._remember: Callable[[str], None] | None = None
+        self._account_lock = anyio.Lock()
         # Counters for reports and tests: how often the retry paths ran.
         self.bad_nonce_retries = 0
         self.busy_retries = 0
@@ -292,11 +310,15 @@ class AcmeClient:
         *,
         use_jwk: bool = False,
         accept: str | None = None,
+        recover_account: bool = True,
     ) -> Reply:
-        """A signed POST (``payload=None``: POST-as-GET) with badNonce and 429/503 retries."""
+        """A signed POST (``payload=None``: POST-as-GET) with badNonce and 429/503 retries;
+        an account the CA no longer knows is registered again once (``recover_account``)."""
         bad_nonces = busy = 0
+        registered_again = not recover_account
         while True:
             nonce = await self._nonce()
+            kid = self._signer.kid
             body = self._signer.sign(url, nonce, payload, use_jwk=use_jwk)
             reply = await self._send("POST", url, data=body, accept=accept)
             if reply.status < 400:
@@ -314,6 +336,13 @@ class AcmeClient:
             if reply.status in (429, 503) and busy < MAX_BUSY_RETRIES:
                 busy += 1
                 await self._busy_wait(reply, problem, what)
+                continue
+            if (problem is not None and problem.type == ACCOUNT_DOES_NOT_EXIST
+                    and not use_jwk and kid is not None and not registered_again):
+                # A remembered account URL the CA has forgotten (a test CA restarted, an
+                # account removed): register the key again and resend (RFC 8555 7.3.1).
+                registered_again = True
+                await self._account_gone(kid)
                 continue
             raise self._error(reply, problem, what)
 
@@ -351,20 +380,54 @@ class AcmeClient:
 
     # --- ACME operations ---------------------------------------------------------------------
 
-    async def ensure_account(self, contact_email: str | None) -> str:
-        """Create the account or find the existing one for this key; return its URL (kid)."""
+    async def ensure_account(
+        self,
+        contact_email: str | None,
+        *,
+        known_url: str | None = None,
+        remember: Callable[[str], None] | None = None,
+    ) -> str:
+        """Use the account at ``known_url`` (no request: it is verified by the first signed
+        request), or register this key (RFC 8555 section 7.3); return the account URL (kid).
+
+        ``remember`` is called with every URL learnt by registering, also when a later
+        request finds that the CA no longer knows the account and it is registered again."""
+        self._contact_email = contact_email
+        self._remember = remember
+        if known_url is not None:
+            self._signer.kid = known_url
+            return known_url
+        return await self._register()
+
+    async def _register(self) -> str:
         payload: dict[str, Any] = {"termsOfServiceAgreed": True}
-        if contact_email:
-            payload["contact"] = [f"mailto:{contact_email}"]
+        if self._contact_email:
+            payload["contact"] = [f"mailto:{self._contact_email}"]
         what = "registering the ACME account"
         # RFC 8555 section 7.3: 201 for a new account, 200 for the existing one of this key.
         reply = await self._post(self.directory.new_account, payload, what, use_jwk=True)
         kid = reply.location()
-        account = Account.from_json(reply.json(), kid)
-        if account.status != Status.VALID:
-            raise AcmeError(f"the ACME account {kid} is {account.status}; use a new account key")
         self._signer.kid = kid
+        status = _account_status(reply)
+        if status is None:
+            # Some CAs answer a known key with 200 and an empty body (acme2certifier sends
+            # ``{}``): read the account itself (POST-as-GET, section 7.3.3 / 6.3).
+            status = _account_status(await self._post(
+                kid, None, f"reading the account {kid}", recover_account=False))
+        if status is not None and status != Status.VALID:
+            self._signer.kid = None
+            raise AcmeError(f"the ACME account {kid} is {status}; use a new account key")
+        # No status even then: the CA accepted our key and gave us a URL - be liberal.
+        if self._remember is not None:
+            self._remember(kid)
         return kid
+
+    async def _account_gone(self, stale_kid: str) -> None:
+        """The CA said the account ``stale_kid`` does not exist: register again, once for all
+        requests that learn it at the same time."""
+        async with self._account_lock:
+            if self._signer.kid == stale_kid:
+                await self._register()
 
     async def new_order(self, names: Sequence[str]) -> tuple[Order, str]:
         """Create an order for ``names`` (RFC 8555 section 7.4); return it and its URL."""

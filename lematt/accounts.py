@@ -1,0 +1,105 @@
+"""The ACME account on disk: its key, and the account URL each CA gave for that key.
+
+Contract:
+
+* ``load_or_create_account_key(path, announce)``: the key in ``accountKey``; a missing file is
+  created as EC P-256 (mode 0600 from the first byte) and ``announce`` is told where.
+* ``AccountBook(key_path)``: the account URLs remembered beside the key, in
+  ``<accountKey>.accounts.json`` (mode 0600, written atomically). ``lookup(directory, key)``
+  returns the URL the CA at ``directory`` gave to ``key`` (None when there is none, when the
+  key changed since, or when the file is unreadable: then the account is simply registered
+  again); ``remember(directory, key, url)`` records it. Entries are keyed by directory URL
+  and carry the key's RFC 7638 thumbprint, so ``--test`` and ``--prod`` (two CAs, one key)
+  and a replaced key file each get the right answer.
+
+Why remember at all: RFC 8555 section 7.3 lets a client find its account by sending
+newAccount again, but CAs answer that differently (acme2certifier replies 200 with an empty
+``{}`` body), and it is one more request per run and per order process. With the URL known, a
+run sends no newAccount; if the CA no longer knows the account, the ACME client registers
+again (``accountDoesNotExist``) and the book is updated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lematt.atomic import write_atomic
+from lematt.errors import StoreError
+
+if TYPE_CHECKING:
+    from lematt import crypto
+
+BOOK_SUFFIX = ".accounts.json"
+BOOK_VERSION = 1
+_MAX_BOOK_BYTES = 1 << 20  # a book holds a few URLs; anything larger is not ours
+
+
+def _read(path: Path, limit: int | None = None) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(limit if limit is not None else -1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc}") from exc
+
+
+def load_or_create_account_key(path: Path, announce: Callable[[str], None]) -> crypto.PrivateKey:
+    """The ACME account key; a missing one is created as EC P-256, mode 0600, and announced."""
+    from lematt import crypto
+
+    data = _read(path)
+    if data is None:
+        data = crypto.generate_private_pem("ec", curve="prime256v1")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, data, 0o600)
+        except OSError as exc:
+            raise StoreError(f"accountKey {path}: cannot create it: {exc}") from exc
+        announce(f"created a new ACME account key (EC P-256) at {path}")
+    return crypto.load_private_key(data, source=f"accountKey {path}")
+
+
+class AccountBook:
+    """Account URLs per (directory, key thumbprint), kept beside the account key."""
+
+    def __init__(self, key_path: Path) -> None:
+        self.path = key_path.with_name(key_path.name + BOOK_SUFFIX)
+
+    def _entries(self) -> dict[str, dict[str, str]]:
+        data = _read(self.path, _MAX_BOOK_BYTES + 1)
+        if data is None or len(data) > _MAX_BOOK_BYTES:
+            return {}
+        try:
+            raw: Any = json.loads(data)
+        except ValueError:
+            return {}  # torn or foreign: registering again costs one request and repairs it
+        accounts = raw.get("accounts") if isinstance(raw, dict) else None
+        if not isinstance(accounts, dict):
+            return {}
+        return {str(directory): {"url": entry["url"], "thumbprint": entry["thumbprint"]}
+                for directory, entry in accounts.items()
+                if isinstance(entry, dict) and isinstance(entry.get("url"), str)
+                and isinstance(entry.get("thumbprint"), str)}
+
+    def lookup(self, directory_url: str, thumbprint: str) -> str | None:
+        entry = self._entries().get(directory_url)
+        if entry is None or entry["thumbprint"] != thumbprint:
+            return None
+        return entry["url"]
+
+    def remember(self, directory_url: str, thumbprint: str, url: str) -> None:
+        entries = self._entries()
+        if entries.get(directory_url) == {"url": url, "thumbprint": thumbprint}:
+            return
+        entries[directory_url] = {"url": url, "thumbprint": thumbprint}
+        body = json.dumps({"version": BOOK_VERSION, "accounts": entries}, indent=2,
+                          sort_keys=True) + "\n"
+        try:
+            write_atomic(self.path, body.encode(), 0o600)
+        except OSError as exc:
+            raise StoreError(f"cannot record the ACME account URL in {self.path}: {exc}; "
+                             "check that its directory is writable") from exc
