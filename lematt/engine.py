@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from lematt.challenges.forwarder import ForwarderHub
     from lematt.committer import GroupCommitter
     from lematt.execution.ssh import SshPool
+    from lematt.keyworkers import KeyWorkers
 
 # The forwarder outlives a run's last order by at most this much if lematt vanishes without
 # closing the SSH channel (it also exits at EOF, which is the normal way).
@@ -60,6 +61,7 @@ class _Orders:
     solver: ChallengeSolver
     slots: anyio.CapacityLimiter
     committer: GroupCommitter
+    workers: KeyWorkers
     record: Callable[[Outcome], None]  # each finished job's outcome, as it finishes
     hub: ForwarderHub | None = None
 
@@ -108,7 +110,7 @@ class Engine:
         self.lock_fd: int | None = None  # the conf-dir lock while run() holds it
 
     # -- per job ------------------------------------------------------------------------
-    async def _key_for(self, job: Job) -> tuple[crypto.PrivateKey, bytes | None]:
+    async def _key_for(self, ctx: _Orders, job: Job) -> tuple[crypto.PrivateKey, bytes | None]:
         """(key, PEM if new). The stored key is reused unless alwaysGenerateNewKeys."""
         from lematt import crypto
 
@@ -120,14 +122,14 @@ class Engine:
                 with contextlib.suppress(CryptoError):
                     key = crypto.load_private_key(pem, source=str(paths.key), validate=False)
                     if crypto.key_matches_type(key, job.key_type, s.key_bits_rsa, s.curve) and (
-                            job.key_type != "rsa" or await anyio.to_process.run_sync(
+                            job.key_type != "rsa" or await ctx.workers.run(
                                 crypto.rsa_pem_is_consistent, pem)):
                         # A stored RSA key is checked before it signs (it may come from a
                         # user), but in a worker process: the checks take about 40 ms.
                         return key, None
         if job.key_type == "rsa":
             # RSA generation is CPU-bound (hundreds of ms): keep it off the event loop.
-            pem = await anyio.to_process.run_sync(
+            pem = await ctx.workers.run(
                 crypto.generate_private_pem, "rsa", s.key_bits_rsa, s.curve)
         else:
             pem = crypto.generate_private_pem("ec", s.key_bits_rsa, s.curve)
@@ -141,7 +143,7 @@ class Engine:
 
         outcome = Outcome(job)
         try:
-            key, new_pem = await self._key_for(job)
+            key, new_pem = await self._key_for(ctx, job)
             names = job.line.names
             csr_der = crypto.make_csr(key, names, must_staple=job.line.ocsp_must_staple)
             deadline = anyio.current_time() + self.settings.order_timeout
@@ -314,6 +316,7 @@ class Engine:
         from lematt.acme.limits import order_limiter
         from lematt.challenges.forwarder import ForwarderHub
         from lematt.committer import group_commits
+        from lematt.keyworkers import key_workers
 
         s = self.settings
         by_line: dict[int, list[Job]] = {}
@@ -331,9 +334,9 @@ class Engine:
                                         known_url=self.known_account(account_key),
                                         remember=self._remember_account(account_key))
             async with self._solver(shared_dir) as solver, \
-                    group_commits(self.store) as committer:
+                    group_commits(self.store) as committer, key_workers() as workers:
                 ctx = _Orders(client, solver, order_limiter(self.options.parallel), committer,
-                              record)
+                              workers, record)
                 async with anyio.create_task_group() as tg:
                     if planned:
                         assert pool is not None
