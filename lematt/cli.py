@@ -72,12 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 async def _run_until_signal(engine: Engine) -> RunResult | None:
-    """Run the engine; SIGTERM or SIGHUP cancel it like Ctrl-C does, so that shielded cleanup
-    (token files, prepare process groups, temp files) runs before the process exits.
+    """Run the engine; SIGINT (Ctrl-C), SIGTERM and SIGHUP cancel it, so that shielded
+    cleanup (token files, prepare process groups, key workers, temp files) runs before the
+    process exits. (Left to Python, SIGINT would raise KeyboardInterrupt wherever the loop
+    happens to be, and cleanup that awaits would not run.)
 
     Returns None when a signal stopped the run. A ``LemattError`` is re-raised as itself (a
     task group would otherwise wrap it in an ExceptionGroup)."""
     import anyio
+    import anyio.abc
 
     from lematt.errors import LemattError
 
@@ -85,13 +88,15 @@ async def _run_until_signal(engine: Engine) -> RunResult | None:
     error: LemattError | None = None
     async with anyio.create_task_group() as tg:
 
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async def watch(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM,
+                                            signal.SIGHUP) as signals:
+                task_status.started()
                 async for _ in signals:
                     tg.cancel_scope.cancel()
                     return
 
-        tg.start_soon(watch)
+        await tg.start(watch)
         try:
             result = await engine.run()
         except* LemattError as group:

@@ -46,7 +46,15 @@ class KeyWorkers:
             self._pool = ProcessPoolExecutor(
                 self._processes, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_ignore_interrupts)
-        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        # A worker is started inside submit(), here. SIGINT stays blocked while it starts:
+        # a blocked signal mask survives exec, so a terminal's Ctrl-C cannot kill the new
+        # interpreter before its initializer ignores SIGINT for good.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        return await future
 
     def shutdown(self) -> None:
         if self._pool is not None:

@@ -13,13 +13,14 @@ Contract
 manager: it makes a throwaway TLS CA with ``trustme`` (``front.ca_bundle`` is the file the
 client must trust), listens on ``127.0.0.1:port`` in a thread, and stops on exit (bounded).
 ``front.directory_url`` is the upstream directory URL's path on the front's origin.
-``front.requests`` lists ``(method, path)`` of every request seen, in order.
+``front.requests`` lists ``(method, path)`` of every request seen, in order;
+``front.count(method, path)`` counts those the CA answered with success.
 
 A rule is a callable ``rule(front, request) -> Reply | None``: the first rule that returns a
 ``Reply`` answers instead of the CA; otherwise the request is forwarded. ``after`` callables
 see each forwarded request with the CA's reply (to learn URLs, say). ``reuse_orders()`` is the
 rule pair that hands back the first still-unfinalized order of the same account and
-identifiers, as Boulder does.
+identifiers, as Boulder does (``state["reused"]`` and ``state["created"]`` count them).
 
 This module imports no pytest and listens on loopback only.
 """
@@ -90,6 +91,7 @@ class CaFront:
         self.rules = list(rules or [])
         self.after = list(after or [])
         self.requests: list[tuple[str, str]] = []
+        self.answered: list[tuple[str, str, int]] = []  # (method, path, status) forwarded
         self.state: dict[str, Any] = {}  # for rules
         self.lock = threading.Lock()
         ca = trustme.CA()
@@ -129,13 +131,17 @@ class CaFront:
             if reply is not None:
                 return reply
         reply = self.forward(request)
+        with self.lock:
+            self.answered.append((request.method, request.path, reply.status))
         for hook in self.after:
             hook(self, request, reply)
         return reply
 
     def count(self, method: str, path: str) -> int:
+        """Requests the CA answered without an error (a badNonce retry is not counted)."""
         with self.lock:
-            return sum(1 for m, p in self.requests if (m, p) == (method, path))
+            return sum(1 for m, p, status in self.answered
+                       if (m, p) == (method, path) and status < 400)
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> CaFront:
@@ -217,6 +223,7 @@ def reuse_orders() -> tuple[Rule, After]:
         if request.path == directory_path(front, "newOrder") and reply.status == 201:
             order = json.loads(reply.body)
             with front.lock:
+                front.state["created"] = front.state.get("created", 0) + 1
                 open_orders[key(request)] = (reply.headers["Location"], reply.body)
                 finalize_urls[urlsplit(order["finalize"]).path] = key(request)
         elif request.path in finalize_urls:

@@ -230,3 +230,36 @@ def sshd_host(ssh_client_kit: ClientKit,
     finally:
         for rig in rigs:
             rig.stop()
+
+
+# --------------------------------------------------------------------------- acme2certifier
+# A second, real ACME CA (acme2certifier, pinned in the test extra) on 127.0.0.1:14500 +
+# $LEMATT_TEST_PORT_OFFSET (14100-14400 are taken by test_rig's and test_ca_behaviour's own CAs),
+# resolving names through the session Pebble's challtestsrv, so ``pebble.add_a(name,
+# "127.0.0.N")`` steers its http-01 requests too: they always go to port 80 of that address
+# (see tests/a2c_rig.py). Imported here so that this block stands on its own.
+from tests.a2c_rig import A2cRig, start_acme2certifier  # noqa: E402
+
+A2C_PORT = 14500 + PORT_OFFSET
+
+
+@pytest.fixture(scope="session")
+def acme2certifier(pebble: PebbleRig,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[A2cRig]:
+    """Session: :class:`tests.a2c_rig.A2cRig` with the openssl handler's default lifetime
+    (365 days), no EAB, no profiles, ARI on. A missing package fails, it does not skip: CI
+    installs it with the test extra, so its absence is a broken setup."""
+    missing: str | None = None
+    try:
+        rig = start_acme2certifier(tmp_path_factory.mktemp("acme2certifier"), port=A2C_PORT,
+                                   dns_server=("127.0.0.1", pebble.dns_port))
+    except RuntimeError as exc:
+        if "pip install" not in str(exc):
+            raise  # RigError (a RuntimeError too): keep its traceback and log tail
+        missing = str(exc)
+    if missing is not None:  # outside the except: one clean message, no chained traceback
+        pytest.fail(missing, pytrace=False)
+    try:
+        yield rig
+    finally:
+        rig.stop()

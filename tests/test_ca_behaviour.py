@@ -69,7 +69,7 @@ def test_a_ca_that_hands_back_open_orders_still_gets_every_certificate(
         # Each line's key types were ordered one after the other: a second newOrder for the
         # same names never arrived while the first order was open, so none was handed back.
         assert front.state.get("reused", 0) == 0
-        assert front.count("POST", directory_path(front, "newOrder")) == 6
+        assert front.state["created"] == 6  # (a badNonce retry may send one twice)
 
 
 def _book(conf: Path) -> dict[str, dict[str, str]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import signal
@@ -318,3 +319,45 @@ def test_interrupted_run_stops_prepares_removes_tokens_and_keeps_pairs(
             f"/proc/{child}/stat").read_text().split()[2]
         assert set(challenge_server.drop_dir.iterdir()) == tokens_before
         assert not (work / "test/cert/stuck.run.test-cert-combined.prime256v1.test.pem").exists()
+
+
+def _children(pid: int) -> list[int]:
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    found.append(int(entry.name))
+    return found
+
+
+def test_ctrl_c_during_rsa_key_generation_prints_one_line(
+        tmp_path: Path, make_conf: MakeConf) -> None:
+    """A terminal's Ctrl-C reaches the whole foreground process group, key workers included:
+    they ignore it, the run stops them and says one line (no worker tracebacks)."""
+    domains = "".join(f"k{n}.ctrlc.test\n" for n in range(12))
+    conf = make_conf(tmp_path, domains, extra_conf={"keyTypes": "rsa", "keyBitsRSA": 4096})
+    lematt = subprocess.Popen(
+        [sys.executable, "-m", "lematt", "--test", "--config", str(conf)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)
+    try:
+        workers: list[int] = []
+        for _ in range(600):
+            workers = [pid for pid in _children(lematt.pid)
+                       if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+            if workers or lematt.poll() is not None:
+                break
+            time.sleep(0.05)  # bounded wait until a key worker runs
+        assert workers, "no key worker process was seen"
+        os.killpg(lematt.pid, signal.SIGINT)
+        _out, err = lematt.communicate(timeout=60)
+    finally:
+        if lematt.poll() is None:
+            os.killpg(lematt.pid, signal.SIGKILL)
+            lematt.wait()
+    assert lematt.returncode == 1
+    assert err.strip().splitlines() == [
+        "lematt: interrupted; every stored key+cert pair is intact"], err
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()
+                and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]]
