@@ -22,9 +22,10 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lematt.config import Actions, CertLine, Section, SshForward, SshRun, SshUpload
+from lematt.config import Actions, Section, SshForward, SshRun, SshUpload
 from lematt.errors import LemattError
 from lematt.execution import CommandResult, UploadFile
+from lematt.model import CertLine
 from lematt.store import Store
 
 LOCAL = "local"

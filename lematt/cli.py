@@ -11,7 +11,6 @@ Errors are one line; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import argparse
-import gc
 import signal
 import sys
 import traceback
@@ -117,17 +116,6 @@ def _first_leaf(group: BaseExceptionGroup[LemattError]) -> LemattError:
     return first
 
 
-def tune_gc() -> None:
-    """Fewer cyclic-GC passes for a run: the objects loaded so far (config, modules) live
-    until exit, so they are moved out of the collector's sight; and the young generation
-    may grow to 20,000 objects before a pass instead of 700 - hundreds of orders in flight
-    keep many short-lived objects, and each pass also walks the older ones. Measured with
-    benchmarks/bulk.py: about 1 ms less CPU per certificate (of 8-9 ms). The collector still
-    runs, only less often, so memory stays bounded."""
-    gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Imports after parsing keep `lematt --help` and usage errors fast.
@@ -137,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lematt.engine import Engine, Options, failed_summary, summary
     from lematt.errors import ConfigError, LemattError
     from lematt.report import Reporter, write_summary
+    from lematt.tuning import fewer_gc_passes
 
     reporter = Reporter(cron=args.cron, debug=args.debug, test=args.test)
     try:
@@ -149,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = config.settings
     options = Options(test=args.test, parallel=args.parallel or s.parallel,
                       processes=args.processes or s.processes)
-    tune_gc()
+    fewer_gc_passes()
     try:
         result = anyio.run(_run_until_signal, Engine(config, options, reporter))
     except LemattError as exc:

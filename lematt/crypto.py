@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from lematt.certinfo import CertInfo
 from lematt.errors import CryptoError
+from lematt.model import CertInfo
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 

@@ -17,10 +17,11 @@ from typing import TYPE_CHECKING
 import anyio
 
 from lematt.actions import LOCAL, Step, StepOutcome, deploy_plan, run_host
-from lematt.config import CertLine, Config
+from lematt.config import Config
 from lematt.errors import ConfigError, RemoteError
 from lematt.execution import CommandResult
 from lematt.execution.local import LocalRunner
+from lematt.model import CertLine
 from lematt.report import Reporter
 from lematt.store import Store
 

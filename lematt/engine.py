@@ -28,12 +28,13 @@ import anyio
 
 from lematt.accounts import AccountBook, load_or_create_account_key
 from lematt.actions import StepOutcome, forwarders, prepare_commands
-from lematt.config import CertLine, Config, SshForward
+from lematt.config import Config, SshForward
 from lematt.deploy import Deployer
 from lematt.errors import CryptoError, LemattError, StoreError
 from lematt.execution.local import LocalRunner
 from lematt.inventory import scan
-from lematt.plan import Job, plan
+from lematt.model import CertLine, Job
+from lematt.plan import plan
 from lematt.report import Reporter
 from lematt.store import NewPair, Store
 

@@ -17,26 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from lematt.atomic import write_atomic
-from lematt.certinfo import CertInfo
-from lematt.config import CertLine, KeyType
 from lematt.errors import CryptoError, StoreError
+from lematt.model import CertInfo, CertLine, Found, KeyType
 from lematt.store import Store
 
 INDEX_NAME = ".inventory"
 INDEX_VERSION = 1
-
-
-@dataclass(frozen=True)
-class Found:
-    """The stored state of one job. ``cert`` is None when ``problem`` says why."""
-
-    cert: CertInfo | None
-    problem: str | None = None
-    key_present: bool = False
 
 
 def read_pair(key_path: str, cert_path: str) -> Found:

@@ -11,23 +11,10 @@ from the line.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from lematt.config import CertLine, KeyType, Settings
-from lematt.inventory import Found
-
-
-@dataclass(frozen=True)
-class Job:
-    line: CertLine
-    key_type: KeyType
-    reason: str
-    found: Found
-
-    @property
-    def label(self) -> str:
-        return f"{self.line.primary} ({self.key_type.upper()})"
+from lematt.config import Settings
+from lematt.model import CertLine, Found, Job, KeyType
 
 
 def _days(delta: timedelta) -> str:

@@ -39,7 +39,7 @@ from lematt.errors import LemattError
 
 if TYPE_CHECKING:
     from lematt.engine import Engine, Outcome
-    from lematt.plan import Job
+    from lematt.model import Job
 
 # How long a stopped order process may take to finish its cleanup before it is killed.
 STOP_GRACE_SECONDS = 30.0
@@ -158,10 +158,8 @@ async def _one_process(engine: Engine, number: int, count: int, jobs: list[Job],
 
 async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
     from lematt.accounts import load_or_create_account_key
-    from lematt.config import CertLine
     from lematt.engine import Outcome
-    from lematt.inventory import Found
-    from lematt.plan import Job
+    from lematt.model import CertLine, Found, Job
 
     lines = {line.lineno: line for line in engine.config.lines}
     jobs: list[Job] = []
@@ -218,9 +216,9 @@ async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
 
 def main() -> int:
     from lematt import config as config_mod
-    from lematt.cli import tune_gc
     from lematt.engine import Engine, Options
     from lematt.report import Reporter
+    from lematt.tuning import fewer_gc_passes
 
     spec = json.loads(sys.stdin.buffer.readline())
     try:
@@ -229,7 +227,7 @@ def main() -> int:
                         # stdout carries the answers: anything else goes to stderr.
                         Reporter(cron=True, test=bool(spec["test"]), out=sys.stderr))
         engine.store.use_journal(str(spec["journal"]))
-        tune_gc()
+        fewer_gc_passes()
         anyio.run(_serve, engine, spec)
     except LemattError as exc:
         # Every job this process did not answer fails with this text in the main process's

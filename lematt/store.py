@@ -34,9 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lematt.atomic import fsync_dir, symlink_atomic, write_atomic, write_temp
-from lematt.config import CertLine, KeyType, Settings
+from lematt.config import Settings
 from lematt.errors import LockError, StoreError
 from lematt.journal import Journal
+from lematt.model import CertLine, KeyType
 
 KEY_MODE = 0o600
 PUBLIC_MODE = 0o644

@@ -8,8 +8,9 @@ import anyio
 import pytest
 
 from lematt.actions import LOCAL, Step, deploy_plan, forwarders, prepare_commands, run_host
-from lematt.config import Actions, CertLine, Section, Settings, SshForward, SshRun, SshUpload
+from lematt.config import Actions, Section, Settings, SshForward, SshRun, SshUpload
 from lematt.execution.local import LocalRunner
+from lematt.model import CertLine
 from lematt.store import Store
 
 A = CertLine(1, ("a.example.com", "www.a.example.com"))

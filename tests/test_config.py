@@ -9,17 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from lematt.config import (
-    LE_PRODUCTION,
-    LE_STAGING,
-    MUST_STAPLE_REFUSED,
-    Actions,
-    CertLine,
-    Config,
-    Section,
-    load,
-)
+from lematt.config import LE_PRODUCTION, LE_STAGING, Actions, Config, Section, load
+from lematt.config.loader import MUST_STAPLE_REFUSED
 from lematt.errors import ConfigError
+from lematt.model import CertLine
 
 REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
 

@@ -5,12 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from lematt.acme.limits import (
-    LETS_ENCRYPT_RATES,
-    Rate,
-    RequestRateLimiter,
-    order_limiter,
-)
+from lematt.acme.limits import LETS_ENCRYPT_RATES, Rate, RequestRateLimiter, order_limiter
 from lematt.errors import ConfigError
 
 

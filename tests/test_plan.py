@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from lematt import crypto
-from lematt.config import CertLine, Settings
-from lematt.inventory import Found
+from lematt.config import Settings
+from lematt.model import CertLine, Found
 from lematt.plan import due_reason, plan
 from tests.certs import LocalCA
 

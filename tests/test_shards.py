@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 
 from lematt.acme.limits import RequestRateLimiter
-from lematt.config import CertLine
-from lematt.inventory import Found
-from lematt.plan import Job
+from lematt.model import CertLine, Found, Job
 from lematt.shards import deal
 from tests.conftest import REPO_ROOT, ChallengeDrop, MakeConf, RunLematt
 from tests.rig import PebbleRig

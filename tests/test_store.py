@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from lematt import crypto
-from lematt.config import CertLine, Settings
+from lematt.config import Settings
 from lematt.errors import LockError, StoreError
 from lematt.inventory import scan_one
 from lematt.journal import Journal
+from lematt.model import CertLine
 from lematt.store import CertPaths, NewPair, Store
 from tests.certs import LocalCA
 

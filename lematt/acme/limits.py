@@ -27,16 +27,7 @@ from types import MappingProxyType
 import anyio
 
 from lematt.errors import ConfigError
-
-ENDPOINT_NAMES = (
-    "directory",
-    "newNonce",
-    "newAccount",
-    "newOrder",
-    "revokeCert",
-    "renewalInfo",
-    "*",
-)
+from lematt.model import ENDPOINT_NAMES
 
 
 @dataclass(frozen=True)

@@ -21,9 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lematt.acme.limits import ENDPOINT_NAMES
-from lematt.config import KeyType, Settings
-from lematt.config_source import (
+from lematt.config.source import (
     Block,
     canonical_key,
     detect_format,
@@ -33,7 +31,9 @@ from lematt.config_source import (
     to_bool,
     unknown_key,
 )
+from lematt.config.types import Settings
 from lematt.errors import ConfigError
+from lematt.model import ENDPOINT_NAMES, KeyType
 from lematt.names import validate_dns_name
 
 KNOWN_KEYS = (

@@ -18,9 +18,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from lematt.config import Action, Actions, Section
-from lematt.config_remote import parse_structured
-from lematt.config_source import (
+from lematt.config.remote import parse_structured
+from lematt.config.source import (
     Block,
     Entry,
     canonical_key,
@@ -31,6 +30,7 @@ from lematt.config_source import (
     to_bool,
     unknown_key,
 )
+from lematt.config.types import Action, Actions, Section
 from lematt.errors import ConfigError
 from lematt.names import validate_dns_name
 

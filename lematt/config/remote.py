@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from lematt.config import SshForward, SshRun, SshUpload
-from lematt.config_source import Block
+from lematt.config.source import Block
+from lematt.config.types import SshForward, SshRun, SshUpload
 from lematt.errors import ConfigError
 
 # An alias from the SSH client config, or [user@]host[:port], or [user@][v6]:port.

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lematt.config import CertLine
 from lematt.errors import ConfigError
+from lematt.model import CertLine
 from lematt.names import validate_dns_name
 
 # Let's Encrypt issues at most 100 names per certificate

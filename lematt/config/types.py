@@ -1,0 +1,159 @@
+"""The validated config: frozen dataclasses for lematt.conf, actions.conf and the whole conf dir.
+
+Contract: values of these types are made only by ``lematt.config.load`` (which checks every
+field and cross-reference); everything else reads them and never changes them. The domains
+lines are ``lematt.model.CertLine`` values (they travel through the whole run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lematt.model import CertLine, KeyType
+
+LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
+LE_STAGING = "https://acme-staging-v02.api.letsencrypt.org/directory"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """lematt.conf, validated, with defaults resolved."""
+
+    conf_dir: Path
+    account_key: Path
+    challenge_drop_dir: Path | None = None
+    challenge_listen: tuple[str, int] | None = None
+    reauthorize_days: float = 15.0
+    generate_new_certs_after_days: float | None = None
+    key_bits_rsa: int = 2048
+    curve: str = "prime256v1"
+    always_generate_new_keys: bool = False
+    rsa_tag: str = "rsa2048"
+    curve_tag: str = "prime256v1"
+    key_types: tuple[KeyType, ...] = ("rsa", "ec")
+    directory_prod: str = LE_PRODUCTION
+    directory_test: str = LE_STAGING
+    ca_bundle: Path | None = None
+    contact_email: str | None = None
+    # Requests per second per ACME endpoint name ("newOrder", "newNonce", "newAccount",
+    # "directory", "*" for every other URL under the CA).
+    rate_limits: tuple[tuple[str, float], ...] = ()
+    # Remote hosts (SSH): the OpenSSH client config used to resolve destinations, and limits.
+    ssh_config: Path | None = None  # None: ~/.ssh/config if it exists
+    ssh_connect_timeout: float = 15.0
+    ssh_command_timeout: float = 120.0
+    parallel_hosts: int = 32
+    # Orders in flight and order processes; --parallel / --processes override them.
+    parallel: int = 20
+    processes: int = 1
+    # Every request to the CA has a timeout and every order a deadline: a frozen CA ends the
+    # run with one clear error per certificate instead of a hang.
+    acme_request_timeout: float = 30.0
+    order_timeout: float = 600.0
+
+    def tag(self, key_type: KeyType) -> str:
+        return self.rsa_tag if key_type == "rsa" else self.curve_tag
+
+    def directory_url(self, test: bool) -> str:
+        return self.directory_test if test else self.directory_prod
+
+
+@dataclass(frozen=True)
+class SshUpload:
+    """``{"ssh": DEST, "to": DIR, "mode": "0644"}`` in uploadCerts / uploadKeys."""
+
+    ssh: str
+    to: str
+    mode: int | None = None  # None: 0644 for certificates, 0600 for keys
+
+    def __str__(self) -> str:
+        return f"sftp {self.ssh}:{self.to}"
+
+
+@dataclass(frozen=True)
+class SshRun:
+    """``{"ssh": DEST, "run": COMMAND}`` in update; without ``run`` the key's forced command
+    decides what runs (authorized_keys ``command="..."``)."""
+
+    ssh: str
+    run: str | None = None
+
+    def __str__(self) -> str:
+        return f"ssh {self.ssh}" + (f" {self.run}" if self.run is not None else "")
+
+
+@dataclass(frozen=True)
+class SshForward:
+    """``{"ssh": DEST, "forward": BASEURL}`` in prepare: the http-01 redirector on DEST."""
+
+    ssh: str
+    forward: str
+    listen: str | None = None
+    command: str | None = None
+
+    def __str__(self) -> str:
+        return f"forwarder on {self.ssh} -> {self.forward}"
+
+
+# A plain string is a local shell command, as in the original lematt.
+Action = str | SshUpload | SshRun | SshForward
+
+
+@dataclass(frozen=True)
+class Section:
+    """One actions.conf section: its actions in file order, each a string or an SSH form."""
+
+    name: str
+    domains: frozenset[str] = frozenset()
+    prepare: tuple[str | SshForward, ...] = ()
+    upload_certs: tuple[str | SshUpload, ...] = ()
+    upload_keys: tuple[str | SshUpload, ...] = ()
+    update: tuple[str | SshRun, ...] = ()
+    ocsp_staple_required: bool = False
+    # Line of the section header (INI) or section key (YAML) in the actions file, for
+    # messages; not part of equality (the same section is the same wherever it is written).
+    lineno: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Actions:
+    """actions.conf: ``default`` and ``every`` may be absent; overrides keep file order."""
+
+    default: Section | None = None
+    every: Section | None = None
+    overrides: tuple[Section, ...] = ()
+
+    def sections_for(self, names: tuple[str, ...]) -> tuple[Section, ...]:
+        """The sections a certificate with these names maps to, in file order.
+
+        Every override that names any of the names (else ``[default]``), then ``[every]``.
+        """
+        wanted = set(names)
+        chosen = [s for s in self.overrides if s.domains & wanted]
+        if not chosen and self.default is not None:
+            chosen.append(self.default)
+        if self.every is not None:
+            chosen.append(self.every)
+        return tuple(chosen)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything one run needs from the conf dir, validated.
+
+    ``warnings`` are sentences for the user (printed by the CLI, never by this module);
+    the paths say which files were read (``actions_path`` is None when there is none).
+    """
+
+    settings: Settings
+    lines: tuple[CertLine, ...]
+    actions: Actions = field(default_factory=Actions)
+    warnings: tuple[str, ...] = ()
+    config_path: Path | None = None
+    domains_path: Path | None = None
+    actions_path: Path | None = None
+
+    def ocsp_must_staple(self, line: CertLine) -> bool:
+        """Whether the certificate for ``line`` must request OCSP must-staple."""
+        return line.ocsp_must_staple
