@@ -26,8 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lematt.atomic import write_atomic
 from lematt.errors import StoreError
+from lematt.store.atomic import write_atomic
 
 if TYPE_CHECKING:
     from lematt import crypto

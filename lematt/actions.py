@@ -26,7 +26,7 @@ from lematt.config import Actions, Section, SshForward, SshRun, SshUpload
 from lematt.errors import LemattError
 from lematt.execution import CommandResult, UploadFile
 from lematt.model import CertLine
-from lematt.store import Store
+from lematt.store.tree import Store
 
 LOCAL = "local"
 CERT_MODE, KEY_MODE = 0o644, 0o600
@@ -106,7 +106,7 @@ def upload_files(store: Store, lines: Sequence[CertLine], kind: str, mode: int |
     files: dict[str, UploadFile] = {}
     for line in lines:
         for key_type in store.settings.key_types:
-            paths = store.paths(line, key_type)
+            paths = store.layout.paths(line, key_type)
             main = paths.key if want_keys else paths.cert
             if main.is_file():
                 files[main.name] = UploadFile(main, main.name, mode)
@@ -122,7 +122,7 @@ def deploy_plan(actions: Actions, lines: Sequence[CertLine], store: Store,
     host key (resolved address:port)."""
     uploads: dict[str, list[Step]] = {}
     updates: dict[str, list[Step]] = {}
-    cert_dir, key_dir = str(store.cert_dir()), str(store.key_dir())
+    cert_dir, key_dir = str(store.layout.cert_dir()), str(store.layout.key_dir())
     for section, certs in sections_with_certs(actions, lines):
         for kind, entries, directory, word in (
                 ("uploadCerts", section.upload_certs, cert_dir, "CERTS"),

@@ -23,7 +23,7 @@ from lematt.execution import CommandResult
 from lematt.execution.local import LocalRunner
 from lematt.model import CertLine
 from lematt.report import Reporter
-from lematt.store import Store
+from lematt.store.tree import Store
 
 if TYPE_CHECKING:
     from lematt.execution.ssh import SshPool
@@ -91,7 +91,7 @@ class Deployer:
         plans = deploy_plan(actions, renewed, store, self._resolve)
         known = self._lines_by_names()
         void: list[str] = []
-        for host, owed in self.store.load_pending().items():
+        for host, owed in self.store.pending.load().items():
             lines = list(renewed) + [known[n] for n in owed if n in known
                                      and known[n] not in renewed]
             steps = deploy_plan(actions, lines, store, self._resolve).get(host)
@@ -117,7 +117,7 @@ class Deployer:
         plans, void = self.plan(renewed)
         if not plans:
             if void:
-                self.store.save_pending({})  # only void debts were left
+                self.store.pending.save({})  # only void debts were left
             return []
         needs_ssh = any(s.destination is not None for steps in plans.values() for s in steps)
         results: dict[str, list[StepOutcome]] = {}
@@ -145,7 +145,7 @@ class Deployer:
 
     def _finish(self, plans: dict[str, list[Step]], results: dict[str, list[StepOutcome]],
                 renewed: Sequence[CertLine], void: list[str]) -> list[StepOutcome]:
-        pending = self.store.load_pending()
+        pending = self.store.pending.load()
         for host in void:
             pending.pop(host, None)
         known = self._lines_by_names()
@@ -167,5 +167,5 @@ class Deployer:
                 lines = list(dict.fromkeys([*renewed, *previous]))
                 pending[host] = self._owed(steps, lines)
                 self.reporter.failure(f"deploy to {host} is pending; the next run retries it")
-        self.store.save_pending(pending)
+        self.store.pending.save(pending)
         return outcomes

@@ -3,7 +3,7 @@
 Contract: ``Engine(config, options, reporter).run()`` takes the conf-dir lock, finishes any
 store an earlier crash interrupted, plans, orders every due job (at most ``options.parallel``
 orders in flight; each line inside its forwarders and prepare commands), stores each new pair
-atomically (pairs that finish together share one journal write: ``lematt.committer``), then
+atomically (pairs that finish together share one journal write: ``lematt.store.committer``), then
 deploys the renewed certificates and any deploy an earlier run left pending.
 A job's failure is a value (an ``Outcome`` with its error text); only run-wide problems (the
 lock, the account, the challenge listener) raise, as ``LemattError``. Nothing live is touched
@@ -32,11 +32,12 @@ from lematt.config import Config, SshForward
 from lematt.deploy import Deployer
 from lematt.errors import CryptoError, LemattError, StoreError
 from lematt.execution.local import LocalRunner
-from lematt.inventory import scan
 from lematt.model import CertLine, Job
 from lematt.plan import plan
 from lematt.report import Reporter
-from lematt.store import NewPair, Store
+from lematt.store.atomic import read_bytes
+from lematt.store.inventory import scan
+from lematt.store.tree import NewPair, Store
 
 # aiohttp, asyncssh and cryptography take longer to import than a whole no-op run: they are
 # imported where a run first needs them (an order, a deploy), never at start-up.
@@ -44,10 +45,10 @@ if TYPE_CHECKING:
     from lematt import crypto
     from lematt.acme.client import AcmeClient
     from lematt.acme.order import ChallengeSolver
-    from lematt.challenges.forwarder import ForwarderHub
-    from lematt.committer import GroupCommitter
+    from lematt.challenges.remote import ForwarderHub
     from lematt.execution.ssh import SshPool
     from lematt.keyworkers import KeyWorkers
+    from lematt.store.committer import GroupCommitter
 
 # The forwarder outlives a run's last order by at most this much if lematt vanishes without
 # closing the SSH channel (it also exits at EOF, which is the normal way).
@@ -116,9 +117,9 @@ class Engine:
         from lematt import crypto
 
         s = self.settings
-        paths = self.store.paths(job.line, job.key_type)
+        paths = self.store.layout.paths(job.line, job.key_type)
         if not s.always_generate_new_keys and job.found.key_present:
-            pem = Store.read_bytes(paths.key)
+            pem = read_bytes(paths.key)
             if pem is not None:
                 with contextlib.suppress(CryptoError):
                     key = crypto.load_private_key(pem, source=str(paths.key), validate=False)
@@ -315,9 +316,9 @@ class Engine:
         ``shared_dir`` and ``rate_share`` are set in the order processes of a sharded run
         (their share of the request rates; the challenge files for the main process)."""
         from lematt.acme.limits import order_limiter
-        from lematt.challenges.forwarder import ForwarderHub
-        from lematt.committer import group_commits
+        from lematt.challenges.remote import ForwarderHub
         from lematt.keyworkers import key_workers
+        from lematt.store.committer import group_commits
 
         s = self.settings
         by_line: dict[int, list[Job]] = {}
@@ -376,7 +377,7 @@ class Engine:
             if jobs or not self.reporter.cron:
                 for warning in self.config.warnings:
                     self.reporter.warn(warning)
-            pending = self.store.load_pending()
+            pending = self.store.pending.load()
             if not jobs and not pending:
                 self.reporter.info(
                     f"all {len(found)} certificates are current; nothing to do")

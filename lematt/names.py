@@ -127,3 +127,16 @@ def file_stem(names: Sequence[str]) -> str:
         return names[0]
     others = sorted(set(names[1:]), key=lambda n: (sort_key(n), n))
     return "_".join([names[0], *others])
+
+
+# ACME challenge tokens (RFC 8555 section 8.3: base64url; 8.1 sets no maximum, so a generous
+# bound keeps hostile ones out of file names and URL tables).
+MAX_TOKEN_LENGTH = 256
+_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def is_valid_token(token: object) -> bool:
+    """1..MAX_TOKEN_LENGTH base64url characters (RFC 8555 section 8.3): the one rule both the
+    message parser and every challenge solver apply before a token reaches a file or a URL."""
+    return (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_LENGTH
+            and _TOKEN_RE.fullmatch(token) is not None)

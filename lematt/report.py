@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from lematt.atomic import write_atomic
+from lematt.store.atomic import write_atomic
 
 
 @dataclass

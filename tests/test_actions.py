@@ -11,7 +11,7 @@ from lematt.actions import LOCAL, Step, deploy_plan, forwarders, prepare_command
 from lematt.config import Actions, Section, Settings, SshForward, SshRun, SshUpload
 from lematt.execution.local import LocalRunner
 from lematt.model import CertLine
-from lematt.store import Store
+from lematt.store.tree import Store
 
 A = CertLine(1, ("a.example.com", "www.a.example.com"))
 MAIL = CertLine(2, ("mail.example.com",))
@@ -39,7 +39,7 @@ def test_steps_uploads_first_then_distinct_updates(store: Store) -> None:
     steps = plan[LOCAL]
     kinds = [s.kind for s in steps]
     assert kinds == ["uploadCerts", "uploadKeys", "update", "update", "update"]
-    certdir = str(store.cert_dir())
+    certdir = str(store.layout.cert_dir())
     assert steps[0] == Step("uploadCerts", "default", LOCAL,
                             f"cp '{certdir}/a.example.com'* '{certdir}/www.a.example.com'* /srv")
     assert steps[1].section == "every"

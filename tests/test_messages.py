@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from lematt.acme.messages import (
-    MAX_TOKEN_LENGTH,
     Account,
     Authorization,
     Challenge,
@@ -17,6 +16,7 @@ from lematt.acme.messages import (
     parse_problem,
 )
 from lematt.errors import AcmeError, AcmeProblem, ChallengeError
+from lematt.names import MAX_TOKEN_LENGTH
 
 DIR_URL = "https://ca.test/dir"
 TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"  # RFC 8555 section 8.3 example

@@ -13,10 +13,11 @@ import pytest
 from lematt import crypto
 from lematt.config import Settings
 from lematt.errors import LockError, StoreError
-from lematt.inventory import scan_one
-from lematt.journal import Journal
 from lematt.model import CertLine
-from lematt.store import CertPaths, NewPair, Store
+from lematt.store.inventory import scan_one
+from lematt.store.journal import Journal
+from lematt.store.layout import CertPaths, Layout
+from lematt.store.tree import NewPair, Store
 from tests.certs import LocalCA
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -29,12 +30,12 @@ def settings(tmp_path: Path, **kw: object) -> Settings:
 
 def test_file_names_follow_the_original_layout(tmp_path: Path) -> None:
     line = CertLine(1, ("corp.example.com", "internal.corp.example.com", "hr.corp.example.com"))
-    prod = Store(settings(tmp_path), test=False).paths(line, "rsa")
+    prod = Layout(settings(tmp_path), test=False).paths(line, "rsa")
     stem = "corp.example.com_hr.corp.example.com_internal.corp.example.com"
     assert prod.key == tmp_path / "prod/key" / f"{stem}-key.rsa2048.pem"
     assert prod.cert == tmp_path / "prod/cert" / f"{stem}-cert-combined.rsa2048.pem"
     assert prod.csr == tmp_path / "prod/csr" / f"{stem}-csr.rsa2048.csr"
-    test = Store(settings(tmp_path, curve_tag="p256"), test=True).paths(line, "ec")
+    test = Layout(settings(tmp_path, curve_tag="p256"), test=True).paths(line, "ec")
     assert test.cert == tmp_path / "test/cert" / f"{stem}-cert-combined.p256.test.pem"
     links = dict(test.links)
     assert links[tmp_path / "test/key/hr.corp.example.com-key.p256.test.pem"] == test.key.name
@@ -42,7 +43,7 @@ def test_file_names_follow_the_original_layout(tmp_path: Path) -> None:
 
 
 def test_single_name_line_has_no_links(tmp_path: Path) -> None:
-    paths = Store(settings(tmp_path), test=False).paths(CertLine(1, ("a.example.com",)), "ec")
+    paths = Layout(settings(tmp_path), test=False).paths(CertLine(1, ("a.example.com",)), "ec")
     assert paths.links == ()
     assert paths.key.name == "a.example.com-key.prime256v1.pem"
 
@@ -153,14 +154,14 @@ def test_scan_reports_missing_and_unreadable(tmp_path: Path) -> None:
     store.ensure_dirs()
     line = CertLine(1, ("a.example.com",))
     assert scan_one(store, line, "rsa").problem == "missing"
-    store.paths(line, "rsa").cert.write_bytes(b"not a cert")
+    store.layout.paths(line, "rsa").cert.write_bytes(b"not a cert")
     assert scan_one(store, line, "rsa").problem.startswith("unreadable certificate")
 
 
 def test_inventory_index_is_used_but_never_hides_a_changed_file(tmp_path: Path) -> None:
     from datetime import timedelta
 
-    from lematt.inventory import INDEX_NAME, scan
+    from lematt.store.inventory import INDEX_NAME, scan
 
     store = Store(settings(tmp_path), test=False)
     store.ensure_dirs()
@@ -209,7 +210,7 @@ def _journal_by_hand(store: Store, pairs: list[NewPair]) -> None:
     key and certificate staged, the journal naming their renames and links."""
     renames, links = [], []
     for pair in pairs:
-        paths = store.paths(pair.line, "ec")
+        paths = store.layout.paths(pair.line, "ec")
         for data, final in ((pair.key_pem, paths.key), (pair.chain_pem, paths.cert)):
             tmp = store.staging_dir / f"{final.name}.feedbeef"
             tmp.write_bytes(data)  # type: ignore[arg-type]
@@ -217,7 +218,7 @@ def _journal_by_hand(store: Store, pairs: list[NewPair]) -> None:
                             str(final.relative_to(store.root))])
         links += [[str(link.relative_to(store.root)), target] for link, target in paths.links]
     store.journal.write({"renames": renames, "links": links,
-                         "certs": [store.paths(p.line, "ec").cert.name for p in pairs]})
+                         "certs": [store.layout.paths(p.line, "ec").cert.name for p in pairs]})
 
 
 def test_group_commit_makes_every_pair_live_with_its_links(tmp_path: Path) -> None:
@@ -246,8 +247,8 @@ def test_recover_rolls_a_group_commit_forward_from_the_journal(tmp_path: Path) -
     assert done.startswith("completed an interrupted store of site0.example.com_")
     for pair in pairs:
         assert scan_one(store, pair.line, "ec").problem is None
-        assert os.readlink(store.paths(pair.line, "ec").links[0][0]) == (
-            store.paths(pair.line, "ec").key.name)
+        assert os.readlink(store.layout.paths(pair.line, "ec").links[0][0]) == (
+            store.layout.paths(pair.line, "ec").key.name)
     assert store.journal.read() is None and list(store.staging_dir.iterdir()) == []
 
 
@@ -299,7 +300,7 @@ def test_a_commit_that_cannot_finish_keeps_its_journal_and_stops_later_commits(
 async def test_group_committer_batches_concurrent_commits(tmp_path: Path) -> None:
     import anyio
 
-    from lematt.committer import group_commits
+    from lematt.store.committer import group_commits
 
     store = Store(settings(tmp_path), test=False)
     store.ensure_dirs()
@@ -329,7 +330,7 @@ def test_recover_finishes_the_journal_of_an_order_process(tmp_path: Path) -> Non
     shard = Store(settings(tmp_path), test=False)
     shard.use_journal("pending-1")
     _journal_by_hand(shard, [pair])
-    paths = shard.paths(pair.line, "ec")
+    paths = shard.layout.paths(pair.line, "ec")
     assert store.recover() == [f"completed an interrupted store of {paths.cert.name}"]
     assert scan_one(store, pair.line, "ec").problem is None
     assert shard.journal.read() is None and store.journal.path.name == "pending"

@@ -1,120 +1,31 @@
-"""The ACME client: the only module of lematt that talks HTTP to the CA.
+"""The ACME client: the operations of RFC 8555 for one account, over ``lematt.acme.transport``.
 
-Contract: ``async with AcmeClient.open(directory_url, account_key, ...) as client:`` opens ONE
-aiohttp session (TLS trusting ``ca_bundle`` only when given, else the system roots), reads the
-directory (RFC 8555 section 7.1.1, no hard-coded paths) and closes the session on every exit.
+Contract: ``async with AcmeClient.open(directory_url, account_key, ...) as client:`` opens a
+transport (one session, the directory read) and yields the client; every request follows the
+transport's rules (timeouts, rate limits, nonces, retries, problem documents).
 
-* Every request has a timeout (``request_timeout``) and passes the ``RequestRateLimiter``.
-* Nonces come from a pool fed by every ``Replay-Nonce`` header; ``newNonce`` is asked (HEAD)
-  only when the pool is empty (section 7.2).
-* Every POST is a JWS (section 6.2); reads are POST-as-GET (section 6.3).
-* ``badNonce`` is retried up to ``MAX_BAD_NONCE_RETRIES`` times with a fresh nonce (6.5);
-  429 and 503 are retried up to ``MAX_BUSY_RETRIES`` times after their Retry-After (seconds or
-  HTTP-date, section 6.6); a Retry-After longer than ``MAX_RETRY_AFTER`` is not waited for:
-  the problem is raised at once, since a cron run should not sit on a long rate limit.
-* Every other problem document becomes ``AcmeProblem`` (with ``context`` saying what lematt
-  was doing); network errors, timeouts and non-ACME replies become ``AcmeError`` naming the URL.
 * The account: ``ensure_account`` uses a remembered account URL without a request, else
   registers; a CA that answers a known key with an empty body is asked for the account
-  itself; ``accountDoesNotExist`` on a signed request registers again once and resends.
-* Polls start soon (0.05 s), back off to 2 s, honour Retry-After (capped at 10 s) and never run
-  past ``deadline`` (an ``anyio.current_time()`` value): then ``AcmeError`` "timed out ...".
+  itself; when the CA no longer knows a remembered account (``accountDoesNotExist``), the key
+  is registered again once and the request resent.
+* Orders: new order, authorizations, challenges, finalize, polls under a deadline, download.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import email.utils
 import json
 import os
-import re
-import ssl
-import time
-from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
-import aiohttp
 import anyio
 
-from lematt import __version__
 from lematt.acme.jws import AccountKey, AccountSigner, b64url
 from lematt.acme.limits import RequestRateLimiter
-from lematt.acme.messages import (
-    Account,
-    Authorization,
-    Challenge,
-    Directory,
-    Order,
-    Status,
-    parse_problem,
-)
-from lematt.errors import AcmeError, AcmeProblem
-
-DEFAULT_USER_AGENT = f"lematt/{__version__} aiohttp/{aiohttp.__version__}"
-MAX_BAD_NONCE_RETRIES = 10
-MAX_BUSY_RETRIES = 4
-MAX_RETRY_AFTER = 60.0
-BUSY_WAIT_WITHOUT_RETRY_AFTER = 1.0
-POLL_FIRST_DELAY = 0.05
-POLL_MAX_DELAY = 2.0
-POLL_MAX_RETRY_AFTER = 10.0
-NONCE_POOL_SIZE = 64
-
-BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
-ACCOUNT_DOES_NOT_EXIST = "urn:ietf:params:acme:error:accountDoesNotExist"
-_NONCE_RE = re.compile(r"[A-Za-z0-9_-]{1,512}")  # RFC 8555 section 6.5.1: base64url
-_DIGITS_RE = re.compile(r"[0-9]{1,10}")
-_T = TypeVar("_T")
-
-
-@dataclasses.dataclass(frozen=True)
-class Reply:
-    """One HTTP answer, fully read."""
-
-    url: str
-    status: int
-    headers: Mapping[str, str]
-    body: bytes
-
-    @property
-    def content_type(self) -> str:
-        return self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body)
-        except ValueError:
-            raise AcmeError(
-                f"the CA's reply from {self.url} (HTTP {self.status}) is not JSON: "
-                f"{self.body[:120]!r}; check the directory URL"
-            ) from None
-
-    def location(self) -> str:
-        value = self.headers.get("Location")
-        if not value:
-            raise AcmeError(f"the CA's reply from {self.url} has no Location header (RFC 8555 7.1)")
-        return value
-
-    def retry_after(self) -> float | None:
-        return parse_retry_after(self.headers.get("Retry-After"))
-
-
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait for a Retry-After value, delay-seconds or HTTP-date (RFC 9110 10.2.3)."""
-    if value is None or not value.strip():
-        return None
-    value = value.strip()
-    if _DIGITS_RE.fullmatch(value):
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+from lematt.acme.messages import Account, Authorization, Challenge, Directory, Order, Status
+from lematt.acme.transport import DEFAULT_USER_AGENT, Reply, Transport, open_transport
+from lematt.errors import AcmeError
 
 
 def _account_status(reply: Reply) -> Status | None:
@@ -128,38 +39,15 @@ def _account_status(reply: Reply) -> Status | None:
     return Account.from_json(data, reply.url).status
 
 
-def _ssl_context(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext:
-    try:
-        return ssl.create_default_context(cafile=ca_bundle)
-    except (OSError, ssl.SSLError) as exc:
-        raise AcmeError(
-            f"cannot load the CA bundle {ca_bundle}: {exc}; check caBundle in lematt.conf"
-        ) from None
-
-
 class AcmeClient:
-    """An ACME account session over one aiohttp session (construct with ``open``)."""
+    """An ACME account session (construct with ``open``)."""
 
-    def __init__(
-        self,
-        session: aiohttp.ClientSession,
-        directory: Directory,
-        signer: AccountSigner,
-        rate_limiter: RequestRateLimiter,
-        request_timeout: float,
-    ) -> None:
-        self._session = session
-        self.directory = directory
-        self._signer = signer
-        self._limiter = rate_limiter
-        self._timeout = request_timeout
-        self._nonces: deque[str] = deque(maxlen=NONCE_POOL_SIZE)
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
         self._contact_email: str | None = None
         self._remember: Callable[[str], None] | None = None
         self._account_lock = anyio.Lock()
-        # Counters for reports and tests: how often the retry paths ran.
-        self.bad_nonce_retries = 0
-        self.busy_retries = 0
+        transport.on_account_gone = self._account_gone
 
     @classmethod
     @asynccontextmanager
@@ -174,209 +62,31 @@ class AcmeClient:
         user_agent: str = DEFAULT_USER_AGENT,
         kid: str | None = None,
     ) -> AsyncIterator[AcmeClient]:
-        """Open the session, read the directory, yield the client, always close the session."""
         signer = (
             account_key if isinstance(account_key, AccountSigner) else AccountSigner(account_key)
         )
         if kid is not None:
             signer.kid = kid
-        connector = aiohttp.TCPConnector(ssl=_ssl_context(ca_bundle))
-        session = aiohttp.ClientSession(
-            connector=connector,
-            # ACME uses no cookies; a real jar would filter and parse them on every request.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            timeout=aiohttp.ClientTimeout(total=request_timeout),
-            # RFC 8555 section 6.1: clients must send a User-Agent.
-            headers={"User-Agent": user_agent},
-        )
-        try:
-            limiter = rate_limiter if rate_limiter is not None else RequestRateLimiter()
-            placeholder = Directory(directory_url, "", "", "")
-            client = cls(session, placeholder, signer, limiter, request_timeout)
-            reply = await client._unsigned("GET", directory_url, "reading the ACME directory")
-            client.directory = Directory.from_json(reply.json(), directory_url)
-            yield client
-        finally:
-            with anyio.CancelScope(shield=True):
-                await session.close()
+        async with open_transport(directory_url, signer, ca_bundle=ca_bundle,
+                                  rate_limiter=rate_limiter, request_timeout=request_timeout,
+                                  user_agent=user_agent) as transport:
+            yield cls(transport)
 
-    # --- account-level helpers -------------------------------------------------------------
+    @property
+    def directory(self) -> Directory:
+        return self._t.directory
 
     @property
     def kid(self) -> str | None:
-        return self._signer.kid
+        return self._t.signer.kid
 
     @property
     def thumbprint(self) -> str:
-        return self._signer.thumbprint
+        return self._t.signer.thumbprint
 
     def key_authorization(self, token: str) -> str:
         """RFC 8555 section 8.1 key authorization for this account."""
-        return self._signer.key_authorization(token)
-
-    # --- transport ---------------------------------------------------------------------------
-
-    async def _send(
-        self, method: str, url: str, *, data: bytes | None = None, accept: str | None = None
-    ) -> Reply:
-        """One HTTP exchange: rate limit, timeout, nonce harvest, library errors mapped."""
-        await self._limiter.acquire(self.directory.endpoint_name(url))
-        headers = {}
-        if data is not None:
-            headers["Content-Type"] = "application/jose+json"  # RFC 8555 section 6.2
-        if accept is not None:
-            headers["Accept"] = accept
-        try:
-            async with self._session.request(
-                method, url, data=data, headers=headers, allow_redirects=False
-            ) as resp:
-                body = await resp.read()
-                reply = Reply(url, resp.status, resp.headers, body)
-        except TimeoutError:
-            raise AcmeError(
-                f"no answer from the CA at {url} within {self._timeout:g} s; "
-                "the CA may be overloaded or unreachable, try again later"
-            ) from None
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise AcmeError(
-                f"the TLS certificate of the CA at {url} is not trusted ({exc.certificate_error}); "
-                "for a private CA set caBundle in lematt.conf"
-            ) from None
-        except aiohttp.ClientConnectorError as exc:
-            raise AcmeError(
-                f"cannot connect to the CA at {url}: {exc.os_error.strerror or exc}; "
-                "check the directory URL and this machine's network"
-            ) from None
-        except aiohttp.ClientError as exc:
-            raise AcmeError(
-                f"talking to the CA at {url} failed: {exc or type(exc).__name__}; try again later"
-            ) from None
-        nonce = reply.headers.get("Replay-Nonce")
-        if nonce and _NONCE_RE.fullmatch(nonce):
-            self._nonces.append(nonce)
-        return reply
-
-    async def _busy_wait(self, reply: Reply, problem: AcmeProblem | None, what: str) -> None:
-        """Sleep for a 429/503's Retry-After, or raise if it is longer than we wait."""
-        wait = reply.retry_after()
-        if wait is None:
-            wait = BUSY_WAIT_WITHOUT_RETRY_AFTER
-        if wait > MAX_RETRY_AFTER:
-            raise self._error(reply, problem, f"{what} (the CA asks to retry after {wait:.0f} s)")
-        self.busy_retries += 1
-        await anyio.sleep(wait)
-
-    def _error(self, reply: Reply, problem: AcmeProblem | None, what: str) -> Exception:
-        if problem is not None:
-            return dataclasses.replace(problem, context=what)
-        return AcmeError(
-            f"{what}: the CA at {reply.url} answered HTTP {reply.status} without a problem "
-            f"document: {reply.body[:200]!r}"
-        )
-
-    def _problem(self, reply: Reply) -> AcmeProblem | None:
-        # RFC 8555 section 6.7: errors come as application/problem+json.
-        if reply.content_type != "application/problem+json":
-            return None
-        return parse_problem(reply.json(), status=reply.status, url=reply.url)
-
-    async def _unsigned(self, method: str, url: str, what: str) -> Reply:
-        """GET or HEAD (directory, newNonce) with the 429/503 retry."""
-        for attempt in range(MAX_BUSY_RETRIES + 1):
-            reply = await self._send(method, url)
-            if reply.status < 400:
-                return reply
-            problem = self._problem(reply) if method != "HEAD" else None
-            if reply.status in (429, 503) and attempt < MAX_BUSY_RETRIES:
-                await self._busy_wait(reply, problem, what)
-                continue
-            raise self._error(reply, problem, what)
-        raise AssertionError("unreachable")
-
-    async def _nonce(self) -> str:
-        if not self._nonces:
-            await self._unsigned("HEAD", self.directory.new_nonce, "getting a nonce")
-            if not self._nonces:
-                raise AcmeError(
-                    f"the CA's newNonce at {self.directory.new_nonce} sent no Replay-Nonce"
-                )
-        return self._nonces.pop()  # the newest nonce is the least likely to have expired
-
-    async def _post(
-        self,
-        url: str,
-        payload: dict[str, Any] | None,
-        what: str,
-        *,
-        use_jwk: bool = False,
-        accept: str | None = None,
-        recover_account: bool = True,
-    ) -> Reply:
-        """A signed POST (``payload=None``: POST-as-GET) with badNonce and 429/503 retries;
-        an account the CA no longer knows is registered again once (``recover_account``)."""
-        bad_nonces = busy = 0
-        registered_again = not recover_account
-        while True:
-            nonce = await self._nonce()
-            kid = self._signer.kid
-            body = self._signer.sign(url, nonce, payload, use_jwk=use_jwk)
-            reply = await self._send("POST", url, data=body, accept=accept)
-            if reply.status < 400:
-                return reply
-            problem = self._problem(reply)
-            if problem is not None and problem.type == BAD_NONCE:
-                # RFC 8555 section 6.5: retry with the fresh nonce the error carried.
-                if bad_nonces < MAX_BAD_NONCE_RETRIES:
-                    bad_nonces += 1
-                    self.bad_nonce_retries += 1
-                    continue
-                raise self._error(
-                    reply, problem, f"{what} (gave up after {bad_nonces} badNonce retries)"
-                )
-            if reply.status in (429, 503) and busy < MAX_BUSY_RETRIES:
-                busy += 1
-                await self._busy_wait(reply, problem, what)
-                continue
-            if (problem is not None and problem.type == ACCOUNT_DOES_NOT_EXIST
-                    and not use_jwk and kid is not None and not registered_again):
-                # A remembered account URL the CA has forgotten (a test CA restarted, an
-                # account removed): register the key again and resend (RFC 8555 7.3.1).
-                registered_again = True
-                await self._account_gone(kid)
-                continue
-            raise self._error(reply, problem, what)
-
-    async def _poll(
-        self,
-        url: str,
-        deadline: float,
-        parse: Callable[[Any, str], _T],
-        done: Callable[[_T], bool],
-        what: str,
-    ) -> _T:
-        start = anyio.current_time()
-        delay = POLL_FIRST_DELAY
-        with anyio.move_on_after(deadline - start):
-            # Callers poll right after an answer that said "not yet" (the challenge or the
-            # finalize reply): asking again at once would only cost a request and a nonce.
-            await anyio.sleep(delay)
-            delay *= 2
-            while True:
-                reply = await self._post(url, None, what)
-                obj = parse(reply.json(), url)
-                if done(obj):
-                    return obj
-                wait = delay
-                retry_after = reply.retry_after()
-                if retry_after is not None:
-                    # RFC 8555 section 7.5.1 / 7.4: the server may say when to poll again.
-                    wait = max(wait, min(retry_after, POLL_MAX_RETRY_AFTER))
-                delay = min(delay * 2, POLL_MAX_DELAY)
-                await anyio.sleep(wait)
-        raise AcmeError(
-            f"timed out {what} after {max(0.0, deadline - start):.0f} s; "
-            "the CA is slow or the validation hangs, try again later"
-        )
+        return self._t.signer.key_authorization(token)
 
     # --- ACME operations ---------------------------------------------------------------------
 
@@ -395,7 +105,7 @@ class AcmeClient:
         self._contact_email = contact_email
         self._remember = remember
         if known_url is not None:
-            self._signer.kid = known_url
+            self._t.signer.kid = known_url
             return known_url
         return await self._register()
 
@@ -405,17 +115,17 @@ class AcmeClient:
             payload["contact"] = [f"mailto:{self._contact_email}"]
         what = "registering the ACME account"
         # RFC 8555 section 7.3: 201 for a new account, 200 for the existing one of this key.
-        reply = await self._post(self.directory.new_account, payload, what, use_jwk=True)
+        reply = await self._t.post(self._t.directory.new_account, payload, what, use_jwk=True)
         kid = reply.location()
-        self._signer.kid = kid
+        self._t.signer.kid = kid
         status = _account_status(reply)
         if status is None:
             # Some CAs answer a known key with 200 and an empty body (acme2certifier sends
             # ``{}``): read the account itself (POST-as-GET, section 7.3.3 / 6.3).
-            status = _account_status(await self._post(
+            status = _account_status(await self._t.post(
                 kid, None, f"reading the account {kid}", recover_account=False))
         if status is not None and status != Status.VALID:
-            self._signer.kid = None
+            self._t.signer.kid = None
             raise AcmeError(f"the ACME account {kid} is {status}; use a new account key")
         # No status even then: the CA accepted our key and gave us a URL - be liberal.
         if self._remember is not None:
@@ -426,32 +136,32 @@ class AcmeClient:
         """The CA said the account ``stale_kid`` does not exist: register again, once for all
         requests that learn it at the same time."""
         async with self._account_lock:
-            if self._signer.kid == stale_kid:
+            if self._t.signer.kid == stale_kid:
                 await self._register()
 
     async def new_order(self, names: Sequence[str]) -> tuple[Order, str]:
         """Create an order for ``names`` (RFC 8555 section 7.4); return it and its URL."""
         self._need_account()
         payload = {"identifiers": [{"type": "dns", "value": name} for name in names]}
-        reply = await self._post(
-            self.directory.new_order, payload, f"creating an order for {', '.join(names)}"
+        reply = await self._t.post(
+            self._t.directory.new_order, payload, f"creating an order for {', '.join(names)}"
         )
         url = reply.location()
         return Order.from_json(reply.json(), url), url
 
     async def get_authorization(self, url: str) -> Authorization:
-        reply = await self._post(url, None, f"fetching the authorization {url}")
+        reply = await self._t.post(url, None, f"fetching the authorization {url}")
         return Authorization.from_json(reply.json(), url)
 
     async def answer_challenge(self, url: str) -> Challenge:
         """Tell the CA the challenge is ready: POST ``{}`` (RFC 8555 section 7.5.1)."""
-        reply = await self._post(url, {}, f"answering the challenge {url}")
+        reply = await self._t.post(url, {}, f"answering the challenge {url}")
         return Challenge.from_json(reply.json(), url)
 
     async def poll_authorization(self, url: str, deadline: float) -> Authorization:
         """Poll until the authorization is no longer pending (RFC 8555 section 7.5.1); the
         first request goes out after a short delay, then the delays double."""
-        return await self._poll(
+        return await self._t.poll(
             url,
             deadline,
             Authorization.from_json,
@@ -461,14 +171,14 @@ class AcmeClient:
 
     async def finalize(self, order_url: str, finalize_url: str, csr_der: bytes) -> Order:
         """Send the CSR (RFC 8555 section 7.4); return the order as the CA now sees it."""
-        reply = await self._post(
+        reply = await self._t.post(
             finalize_url, {"csr": b64url(csr_der)}, f"finalizing the order {order_url}"
         )
         return Order.from_json(reply.json(), order_url)
 
     async def poll_order(self, url: str, deadline: float) -> Order:
         """Poll until the order is neither pending nor processing (RFC 8555 section 7.4)."""
-        return await self._poll(
+        return await self._t.poll(
             url,
             deadline,
             Order.from_json,
@@ -478,7 +188,7 @@ class AcmeClient:
 
     async def download_certificate(self, url: str) -> str:
         """The PEM chain, leaf first (RFC 8555 section 7.4.2)."""
-        reply = await self._post(
+        reply = await self._t.post(
             url,
             None,
             f"downloading the certificate {url}",
@@ -496,5 +206,5 @@ class AcmeClient:
         return text
 
     def _need_account(self) -> None:
-        if self._signer.kid is None:
+        if self._t.signer.kid is None:
             raise AcmeError("no ACME account yet: call ensure_account() before ordering")

@@ -12,16 +12,13 @@ A challenge token that is not 1..``MAX_TOKEN_LENGTH`` base64url characters raise
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 from lematt.errors import AcmeError, AcmeProblem, ChallengeError
-
-MAX_TOKEN_LENGTH = 256
-_TOKEN_RE = re.compile(r"[A-Za-z0-9_-]+")
+from lematt.names import MAX_TOKEN_LENGTH, is_valid_token
 
 
 class Status(StrEnum):
@@ -193,13 +190,6 @@ class Account:
             contact=tuple(contact),
             orders=_str(obj, "orders", url, required=False),
         )
-
-
-def is_valid_token(token: object) -> bool:
-    """1..MAX_TOKEN_LENGTH base64url characters (RFC 8555 section 8.3): the one rule both the
-    message parser and every challenge solver apply before a token reaches a file or a URL."""
-    return (isinstance(token, str) and 0 < len(token) <= MAX_TOKEN_LENGTH
-            and _TOKEN_RE.fullmatch(token) is not None)
 
 
 def check_token(token: Any, url: str) -> str:

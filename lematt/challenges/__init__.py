@@ -9,8 +9,8 @@ it reaches a file name or a URL table: a hostile CA must not write outside the d
 
 from __future__ import annotations
 
-from lematt.acme.messages import is_valid_token
 from lematt.errors import ChallengeError
+from lematt.names import is_valid_token
 
 CHALLENGE_PATH = "/.well-known/acme-challenge/"
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import anyio
 
-from lematt.atomic import temp_name, write_atomic
 from lematt.challenges import check_token
 from lematt.errors import ChallengeError
+from lematt.store.atomic import temp_name, write_atomic
 
 
 class DropDirSolver:

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import anyio
 
-from lematt.acme.messages import is_valid_token
 from lematt.challenges import CHALLENGE_PATH, check_token
 from lematt.errors import ChallengeError
+from lematt.names import is_valid_token
 
 REQUEST_TIMEOUT = 10.0
 MAX_HEAD = 8192

@@ -1,21 +1,14 @@
-"""The certificate tree, compatible with the original lematt's layout.
+"""One certificate tree (prod or test): its lock, directories, commit protocol and recovery.
 
-Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only in the test tree)::
-
-    <tree>/key/<stem>-key.<tag>[.test].pem             private key, mode 0600
-    <tree>/csr/<stem>-csr.<tag>[.test].csr             the CSR last used (PEM)
-    <tree>/cert/<stem>-cert-combined.<tag>[.test].pem  leaf + chain as the CA sent it
-    <tree>/{key,cert}/<name>-...                        per-name symlinks, SAN lines only
-    <tree>/.staging/, <tree>/.journal/                  new files before they go live
-
-``<stem>`` is ``names.file_stem`` of the line; ``<tag>`` is rsaTag or curveTag.
+File names are ``lematt.store.layout``'s; besides them the tree holds ``.staging/`` and
+``.journal/`` (new files before they go live) and the owed deploys (``lematt.store.pending``).
 
 Contract:
 - ``commit`` makes key, CSR and certificate live together: all three are written to
   ``.staging`` first (fsynced, keys 0600 from the first byte), then the journal
-  (``.journal/pending``, see ``lematt.journal``) naming the pending renames is written
+  (``.journal/pending``, see ``lematt.store.journal``) naming the pending renames is written
   (fsynced), then the renames run. ``commit_many`` does this for several pairs with one
-  journal write and one fsync per directory (a group commit; ``lematt.committer`` feeds it).
+  journal write and one fsync per directory (a group commit; ``lematt.store.committer`` feeds it).
   A crash at any point leaves either the old pair or (after ``recover`` at the next start)
   the new one - never a new key beside an old certificate.
 - ``lock`` takes a non-blocking exclusive lock on the conf dir; a second run fails at once.
@@ -33,14 +26,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from lematt.atomic import fsync_dir, symlink_atomic, write_atomic, write_temp
 from lematt.config import Settings
 from lematt.errors import LockError, StoreError
-from lematt.journal import Journal
 from lematt.model import CertLine, KeyType
-
-KEY_MODE = 0o600
-PUBLIC_MODE = 0o644
+from lematt.store.atomic import fsync_dir, symlink_atomic, write_temp
+from lematt.store.journal import Journal
+from lematt.store.layout import KEY_MODE, PUBLIC_MODE, CertPaths, Layout
+from lematt.store.pending import PendingDeploys
 
 
 @dataclass(frozen=True)
@@ -54,22 +46,15 @@ class NewPair:
     chain_pem: bytes
 
 
-@dataclass(frozen=True)
-class CertPaths:
-    key: Path
-    csr: Path
-    cert: Path
-    # (link path, relative target) pairs for the per-name symlinks of a SAN line.
-    links: tuple[tuple[Path, str], ...]
-
-
 class Store:
     """One tree (prod or test) under a conf dir."""
 
     def __init__(self, settings: Settings, *, test: bool) -> None:
         self.settings = settings
         self.test = test
-        self.root = settings.conf_dir / ("test" if test else "prod")
+        self.layout = Layout(settings, test=test)
+        self.root = self.layout.root
+        self.pending = PendingDeploys(self.root)
         self.journal_dir = self.root / ".journal"
         self.journal = Journal(self.journal_dir / "pending")
         # Set when a journaled commit could not be finished: the journal then holds it for
@@ -78,48 +63,6 @@ class Store:
         # New files are written here first and renamed into key/, csr/, cert/ (one file
         # system, so the rename is atomic); a crash leaves debris only here.
         self.staging_dir = self.root / ".staging"
-        self._root_str = str(self.root)
-        suffix = ".test" if test else ""
-        self._pem_end: dict[str, str] = {kt: f".{settings.tag(kt)}{suffix}.pem"
-                                         for kt in ("rsa", "ec")}
-
-    # -- naming -------------------------------------------------------------------------
-    def _file(self, kind: str, stem: str, key_type: KeyType) -> Path:
-        suffix = ".test" if self.test else ""
-        tag = self.settings.tag(key_type)
-        if kind == "csr":
-            return self.root / "csr" / f"{stem}-csr.{tag}{suffix}.csr"
-        middle = "key" if kind == "key" else "cert-combined"
-        return self.root / kind / f"{stem}-{middle}.{tag}{suffix}.pem"
-
-    def paths(self, line: CertLine, key_type: KeyType) -> CertPaths:
-        stem = line.file_stem
-        key = self._file("key", stem, key_type)
-        cert = self._file("cert", stem, key_type)
-        links: list[tuple[Path, str]] = []
-        if len(line.names) > 1:
-            for name in line.names:
-                links.append((self._file("key", name, key_type), key.name))
-                links.append((self._file("cert", name, key_type), cert.name))
-        return CertPaths(key, self._file("csr", stem, key_type), cert, tuple(links))
-
-    def pair_names(self, line: CertLine, key_type: KeyType) -> tuple[str, str]:
-        """(key, certificate) file names in key/ and cert/: the hot path of a no-op run,
-        without the Path objects and link names of ``paths``."""
-        stem = line.file_stem
-        end = self._pem_end[key_type]
-        return f"{stem}-key{end}", f"{stem}-cert-combined{end}"
-
-    def pair_files(self, line: CertLine, key_type: KeyType) -> tuple[str, str]:
-        """(key, certificate) paths as strings."""
-        key, cert = self.pair_names(line, key_type)
-        return f"{self._root_str}/key/{key}", f"{self._root_str}/cert/{cert}"
-
-    def cert_dir(self) -> Path:
-        return self.root / "cert"
-
-    def key_dir(self) -> Path:
-        return self.root / "key"
 
     # -- lifecycle ----------------------------------------------------------------------
     def ensure_dirs(self) -> None:
@@ -167,22 +110,6 @@ class Store:
             self.journal.create()
         except OSError as exc:
             raise StoreError(f"cannot create the journal {self.journal.path}: {exc}") from exc
-
-    # -- reading ------------------------------------------------------------------------
-    @staticmethod
-    def read_bytes(path: Path) -> bytes | None:
-        return Store.read_bytes_at(str(path))
-
-    @staticmethod
-    def read_bytes_at(path: str) -> bytes | None:
-        """The file's bytes, None if it does not exist; ``StoreError`` if it cannot be read."""
-        try:
-            with open(path, "rb") as fh:
-                return fh.read()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            raise StoreError(f"cannot read {path}: {exc}") from exc
 
     # -- committing ---------------------------------------------------------------------
     def commit(
@@ -256,7 +183,7 @@ class Store:
 
     def _stage(self, pair: NewPair, token: str) -> tuple[CertPaths, list[tuple[Path, Path]]]:
         """Write a pair's files to staging (fsynced, final modes); (paths, [(temp, final)])."""
-        paths = self.paths(pair.line, pair.key_type)
+        paths = self.layout.paths(pair.line, pair.key_type)
         targets = ([(paths.key, pair.key_pem, KEY_MODE)] if pair.key_pem is not None else []
                    ) + [(paths.csr, pair.csr_pem, PUBLIC_MODE),
                         (paths.cert, pair.chain_pem, PUBLIC_MODE)]
@@ -329,35 +256,6 @@ class Store:
             return False
         symlink_atomic(link, target)
         return True
-
-    # -- pending deploys ------------------------------------------------------------------
-    @property
-    def pending_path(self) -> Path:
-        return self.root / ".deploy-pending.json"
-
-    def load_pending(self) -> dict[str, list[tuple[str, ...]]]:
-        """Host -> names of the lines whose deploy to it has not succeeded yet."""
-        data = self.read_bytes(self.pending_path)
-        if data is None:
-            return {}
-        try:
-            raw = json.loads(data)
-            return {str(host): [tuple(map(str, names)) for names in lines]
-                    for host, lines in raw.items()}
-        except (ValueError, TypeError, AttributeError) as exc:
-            raise StoreError(f"unreadable {self.pending_path} ({exc}); remove it and run "
-                             "lematt again (pending deploys are then forgotten)") from exc
-
-    def save_pending(self, pending: dict[str, list[tuple[str, ...]]]) -> None:
-        if not pending:
-            with contextlib.suppress(FileNotFoundError):
-                self.pending_path.unlink()
-            return
-        data = {host: [list(names) for names in lines] for host, lines in pending.items()}
-        try:
-            write_atomic(self.pending_path, json.dumps(data, indent=1).encode(), PUBLIC_MODE)
-        except OSError as exc:
-            raise StoreError(f"cannot write {self.pending_path}: {exc}") from exc
 
     def recover(self) -> list[str]:
         """Finish commits a crash interrupted and drop orphaned temp files; say what was done."""

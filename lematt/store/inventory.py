@@ -19,10 +19,10 @@ import contextlib
 import os
 from datetime import UTC, datetime
 
-from lematt.atomic import write_atomic
 from lematt.errors import CryptoError, StoreError
 from lematt.model import CertInfo, CertLine, Found, KeyType
-from lematt.store import Store
+from lematt.store.atomic import read_bytes, write_atomic
+from lematt.store.tree import Store
 
 INDEX_NAME = ".inventory"
 INDEX_VERSION = 1
@@ -33,8 +33,8 @@ def read_pair(key_path: str, cert_path: str) -> Found:
     from lematt.crypto import load_private_key, public_key_der, read_certificate
 
     try:
-        key_pem = Store.read_bytes_at(key_path)
-        cert_pem = Store.read_bytes_at(cert_path)
+        key_pem = read_bytes(key_path)
+        cert_pem = read_bytes(cert_path)
     except StoreError as exc:
         return Found(None, f"unreadable: {exc}")
     if cert_pem is None:
@@ -55,7 +55,7 @@ def read_pair(key_path: str, cert_path: str) -> Found:
 
 
 def scan_one(store: Store, line: CertLine, key_type: KeyType) -> Found:
-    key_path, cert_path = store.pair_files(line, key_type)
+    key_path, cert_path = store.layout.pair_files(line, key_type)
     return read_pair(key_path, cert_path)
 
 
@@ -160,7 +160,7 @@ def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ..
     try:
         for line in lines:
             for kt in key_types:
-                key_name, cert_name = store.pair_names(line, kt)
+                key_name, cert_name = store.layout.pair_names(line, kt)
                 keep.add(cert_name)
                 found[(line.lineno, kt)] = index.lookup(key_name, cert_name)
     finally:

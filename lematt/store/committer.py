@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import anyio
 
 from lematt.errors import StoreError
-from lematt.store import CertPaths, NewPair, Store
+from lematt.store.layout import CertPaths
+from lematt.store.tree import NewPair, Store
 
 
 @dataclass

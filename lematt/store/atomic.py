@@ -1,10 +1,11 @@
-"""Atomic file primitives shared by the store and the drop-dir challenge solver.
+"""File primitives shared by the store and the drop-dir challenge solver.
 
-Contract: a file written with ``write_atomic`` is either absent/old or complete/new for every
-reader, also after a crash: the bytes go to a temp file in the same directory (so the rename
-cannot cross file systems), created with its final mode from the first byte (a private key is
-never world-readable, not even for a moment), fsynced, then renamed over the target, and the
-directory is fsynced so the rename itself survives a power cut.
+Contract: ``read_bytes(path)`` is the file's bytes or None when it does not exist (any other
+error is a ``StoreError`` naming the path). A file written with ``write_atomic`` is either
+absent/old or complete/new for every reader, also after a crash: the bytes go to a temp file in
+the same directory (so the rename cannot cross file systems), created with its final mode from
+the first byte (a private key is never world-readable, not even for a moment), fsynced, then
+renamed over the target, and the directory is fsynced so the rename itself survives a power cut.
 """
 
 from __future__ import annotations
@@ -14,7 +15,19 @@ import os
 import secrets
 from pathlib import Path
 
+from lematt.errors import StoreError
+
 TEMP_MARK = ".lematt-tmp-"
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes | None:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read {os.fspath(path)}: {exc}") from exc
 
 
 def temp_name(target: Path) -> Path:

@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lematt.atomic import fsync_dir, write_all
+from lematt.store.atomic import fsync_dir, write_all
 
 MAGIC = b"lematt-journal-1"
 

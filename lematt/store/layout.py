@@ -1,0 +1,84 @@
+"""File names of the certificate tree, compatible with the original lematt's layout.
+
+Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only in the test tree)::
+
+    <tree>/key/<stem>-key.<tag>[.test].pem             private key, mode 0600
+    <tree>/csr/<stem>-csr.<tag>[.test].csr             the CSR last used (PEM)
+    <tree>/cert/<stem>-cert-combined.<tag>[.test].pem  leaf + chain as the CA sent it
+    <tree>/{key,cert}/<name>-...                        per-name symlinks, SAN lines only
+
+``<stem>`` is ``names.file_stem`` of the line; ``<tag>`` is rsaTag or curveTag.
+
+Contract: pure naming, no I/O: ``Layout(settings, test=...)`` maps (line, key type) to paths;
+``KEY_MODE`` and ``PUBLIC_MODE`` are the modes lematt gives private and public files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from lematt.config import Settings
+from lematt.model import CertLine, KeyType
+
+KEY_MODE = 0o600
+PUBLIC_MODE = 0o644
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    key: Path
+    csr: Path
+    cert: Path
+    # (link path, relative target) pairs for the per-name symlinks of a SAN line.
+    links: tuple[tuple[Path, str], ...]
+
+
+class Layout:
+    """The names of one tree (prod or test) under a conf dir."""
+
+    def __init__(self, settings: Settings, *, test: bool) -> None:
+        self.settings = settings
+        self.test = test
+        self.root = settings.conf_dir / ("test" if test else "prod")
+        self._root_str = str(self.root)
+        suffix = ".test" if test else ""
+        self._pem_end: dict[str, str] = {kt: f".{settings.tag(kt)}{suffix}.pem"
+                                         for kt in ("rsa", "ec")}
+
+    def _file(self, kind: str, stem: str, key_type: KeyType) -> Path:
+        suffix = ".test" if self.test else ""
+        tag = self.settings.tag(key_type)
+        if kind == "csr":
+            return self.root / "csr" / f"{stem}-csr.{tag}{suffix}.csr"
+        middle = "key" if kind == "key" else "cert-combined"
+        return self.root / kind / f"{stem}-{middle}.{tag}{suffix}.pem"
+
+    def paths(self, line: CertLine, key_type: KeyType) -> CertPaths:
+        stem = line.file_stem
+        key = self._file("key", stem, key_type)
+        cert = self._file("cert", stem, key_type)
+        links: list[tuple[Path, str]] = []
+        if len(line.names) > 1:
+            for name in line.names:
+                links.append((self._file("key", name, key_type), key.name))
+                links.append((self._file("cert", name, key_type), cert.name))
+        return CertPaths(key, self._file("csr", stem, key_type), cert, tuple(links))
+
+    def pair_names(self, line: CertLine, key_type: KeyType) -> tuple[str, str]:
+        """(key, certificate) file names in key/ and cert/: the hot path of a no-op run,
+        without the Path objects and link names of ``paths``."""
+        stem = line.file_stem
+        end = self._pem_end[key_type]
+        return f"{stem}-key{end}", f"{stem}-cert-combined{end}"
+
+    def pair_files(self, line: CertLine, key_type: KeyType) -> tuple[str, str]:
+        """(key, certificate) paths as strings."""
+        key, cert = self.pair_names(line, key_type)
+        return f"{self._root_str}/key/{key}", f"{self._root_str}/cert/{cert}"
+
+    def cert_dir(self) -> Path:
+        return self.root / "cert"
+
+    def key_dir(self) -> Path:
+        return self.root / "key"
