@@ -11,6 +11,7 @@ Errors are one line; a traceback only with ``--debug``.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import traceback
@@ -19,8 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from lematt.engine import Engine, RunResult
+    from lematt.config import Config
     from lematt.errors import LemattError
+    from lematt.model import RunResult
+    from lematt.report import Reporter
+    from lematt.run import Options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -70,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-async def _run_until_signal(engine: Engine) -> RunResult | None:
+async def _run_until_signal(config: Config, options: Options,
+                            reporter: Reporter) -> RunResult | None:
     """Run the engine; SIGINT (Ctrl-C), SIGTERM and SIGHUP cancel it, so that shielded
     cleanup (token files, prepare process groups, key workers, temp files) runs before the
     process exits. (Left to Python, SIGINT would raise KeyboardInterrupt wherever the loop
@@ -82,6 +87,7 @@ async def _run_until_signal(engine: Engine) -> RunResult | None:
     import anyio.abc
 
     from lematt.errors import LemattError
+    from lematt.run import run
 
     result: RunResult | None = None
     error: LemattError | None = None
@@ -97,7 +103,7 @@ async def _run_until_signal(engine: Engine) -> RunResult | None:
 
         await tg.start(watch)
         try:
-            result = await engine.run()
+            result = await run(config, options, reporter)
         except* LemattError as group:
             # A run-wide error raised inside a task group (the group-commit thread's, an
             # order process's) arrives wrapped: the user gets its own sentence.
@@ -122,9 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     import anyio
 
     from lematt import config as config_mod
-    from lematt.engine import Engine, Options, failed_summary, summary
     from lematt.errors import ConfigError, LemattError
-    from lematt.report import Reporter, write_summary
+    from lematt.model import Failure, RunResult
+    from lematt.report import Reporter
+    from lematt.run import Options, write_summary
     from lematt.tuning import fewer_gc_passes
 
     reporter = Reporter(cron=args.cron, debug=args.debug, test=args.test)
@@ -138,15 +145,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = config.settings
     options = Options(test=args.test, parallel=args.parallel or s.parallel,
                       processes=args.processes or s.processes)
+    mode = "test" if options.test else "prod"
     fewer_gc_passes()
     try:
-        result = anyio.run(_run_until_signal, Engine(config, options, reporter))
+        result = anyio.run(_run_until_signal, config, options, reporter)
     except LemattError as exc:
         print(f"lematt: {exc}", file=sys.stderr)
         if args.debug:
             traceback.print_exception(exc)
         if args.json is not None:
-            write_summary(args.json, failed_summary(str(exc), options))
+            write_summary(args.json, RunResult().to_json(mode, os.getpid(), Failure.of(exc)))
         return EXIT_FAILED
     except KeyboardInterrupt:
         result = None
@@ -154,5 +162,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("lematt: interrupted; every stored key+cert pair is intact", file=sys.stderr)
         return EXIT_FAILED
     if args.json is not None:
-        write_summary(args.json, summary(result, options))
+        write_summary(args.json, result.to_json(mode, os.getpid()))
     return EXIT_OK if result.ok else EXIT_FAILED

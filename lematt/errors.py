@@ -15,10 +15,6 @@ class LemattError(Exception):
     """Base of every error lematt reports to a user."""
 
 
-class UsageError(LemattError):
-    """Bad command line (exit status 2)."""
-
-
 class ConfigError(LemattError):
     """A config file is wrong; the message names ``file:line`` and the key (exit status 2)."""
 
@@ -79,7 +75,15 @@ class AcmeProblem(LemattError):
 
 
 class AcmeError(LemattError):
-    """Talking to the CA failed without a problem document (network, timeout, bad reply)."""
+    """Talking to the CA failed without a problem document (a reply lematt cannot use)."""
+
+
+class AcmeNetworkError(AcmeError):
+    """The CA could not be reached, or the connection broke."""
+
+
+class AcmeTimeoutError(AcmeError):
+    """The CA did not answer, or an order did not finish, in time."""
 
 
 class ChallengeError(LemattError):

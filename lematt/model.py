@@ -1,9 +1,12 @@
-"""The domain types shared by every layer of lematt, and nothing else.
+"""The domain types shared by every layer of lematt, and their one JSON codec.
 
-Contract: plain frozen values with no I/O and no heavy imports (no cryptography, no aiohttp):
-a domains line (``CertLine``), what is known of a stored certificate (``CertInfo``, ``Found``),
-one unit of work (``Job``: a line and a key type, with the reason it is due). Everything above
-this module passes these around; nothing here knows about files, the CA or hosts.
+Contract: plain values with no I/O and no heavy imports (no cryptography, no aiohttp): a
+domains line (``CertLine``), what is known of a stored certificate (``CertInfo``, ``Found``),
+one unit of work (``Job``: a line and a key type, with the reason it is due), what became of
+it (``Outcome``, with a structured ``Failure``), one deploy step's result (``StepOutcome``)
+and a whole run (``RunResult``). ``outcome_to_json`` / ``outcome_from_json`` are the only
+codec of an outcome (order processes send it, ``--json`` writes it). Nothing here knows about
+files, the CA or hosts.
 """
 
 from __future__ import annotations
@@ -11,8 +14,20 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from enum import StrEnum
+from typing import Any, Literal
 
+from lematt.errors import (
+    AcmeNetworkError,
+    AcmeProblem,
+    AcmeTimeoutError,
+    ActionError,
+    ChallengeError,
+    ConfigError,
+    LemattError,
+    RemoteError,
+    StoreError,
+)
 from lematt.names import file_stem
 
 KeyType = Literal["rsa", "ec"]
@@ -91,3 +106,156 @@ class Job:
     @property
     def label(self) -> str:
         return f"{self.line.primary} ({self.key_type.upper()})"
+
+
+class FailureKind(StrEnum):
+    """What kind of thing went wrong, for summaries, metrics and alerts."""
+
+    RATE_LIMITED = "rateLimited"
+    VALIDATION = "validation"
+    NETWORK = "network"
+    CA = "ca"
+    TIMEOUT = "timeout"
+    DEPLOY = "deploy"
+    CONFIG = "config"
+    STORE = "store"
+    INTERNAL = "internal"
+
+
+_PROBLEM_PREFIX = "urn:ietf:params:acme:error:"
+# RFC 8555 section 6.7: the problem types that mean "the CA could not validate a name".
+_VALIDATION_PROBLEMS = frozenset(f"{_PROBLEM_PREFIX}{t}" for t in (
+    "caa", "connection", "dns", "incorrectResponse", "tls", "unauthorized"))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Why a job or step failed: ``message`` is the sentence shown to the user; ``problem``
+    the CA's problem type (a URN) when the CA sent one."""
+
+    kind: FailureKind
+    message: str
+    problem: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+    @classmethod
+    def of(cls, error: BaseException) -> Failure:
+        """The failure an exception stands for (lematt's errors; anything else is internal)."""
+        cause = error if isinstance(error, AcmeProblem) else error.__cause__
+        problem = cause.type if isinstance(cause, AcmeProblem) else None
+        kind: FailureKind
+        if problem == f"{_PROBLEM_PREFIX}rateLimited":
+            kind = FailureKind.RATE_LIMITED
+        elif isinstance(error, ChallengeError) or problem in _VALIDATION_PROBLEMS:
+            kind = FailureKind.VALIDATION
+        elif isinstance(error, AcmeTimeoutError):
+            kind = FailureKind.TIMEOUT
+        elif isinstance(error, AcmeNetworkError):
+            kind = FailureKind.NETWORK
+        elif isinstance(error, RemoteError | ActionError):
+            kind = FailureKind.DEPLOY
+        elif isinstance(error, ConfigError):
+            kind = FailureKind.CONFIG
+        elif isinstance(error, StoreError):
+            kind = FailureKind.STORE
+        elif isinstance(error, LemattError):
+            kind = FailureKind.CA
+        else:
+            return cls(FailureKind.INTERNAL, f"internal error: {error!r}")
+        return cls(kind, str(error), problem)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": str(self.kind), "message": self.message, "problem": self.problem}
+
+    @classmethod
+    def from_json(cls, data: Any) -> Failure:
+        try:
+            kind = FailureKind(data.get("kind"))
+        except ValueError:
+            kind = FailureKind.INTERNAL
+        problem = data.get("problem")
+        return cls(kind, str(data.get("message", "")),
+                   problem if isinstance(problem, str) else None)
+
+
+@dataclass
+class Outcome:
+    """What became of one job: renewed (``changed``), or failed (``failure``)."""
+
+    job: Job
+    changed: bool = False
+    failure: Failure | None = None
+    not_after: datetime | None = None
+    new_key: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
+    job = outcome.job
+    return {
+        "lineno": job.line.lineno, "names": list(job.line.names), "key_type": job.key_type,
+        "reason": job.reason, "renewed": outcome.changed, "new_key": outcome.new_key,
+        "not_after": outcome.not_after.isoformat() if outcome.not_after else None,
+        "error": outcome.failure.message if outcome.failure else None,
+        "failure": outcome.failure.to_json() if outcome.failure else None,
+    }
+
+
+def outcome_from_json(job: Job, data: dict[str, Any]) -> Outcome:
+    """The outcome of ``job`` from ``outcome_to_json``'s form (the job itself is known)."""
+    not_after = data.get("not_after")
+    failure = data.get("failure")
+    return Outcome(job, changed=bool(data.get("renewed")),
+                   failure=Failure.from_json(failure) if isinstance(failure, dict) else None,
+                   not_after=datetime.fromisoformat(not_after) if not_after else None,
+                   new_key=bool(data.get("new_key")))
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    """One deploy step as it ran: which section's which kind of step on which host."""
+
+    section: str
+    kind: str  # "uploadCerts" | "uploadKeys" | "update"
+    host: str
+    what: str
+    failure: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+
+@dataclass
+class RunResult:
+    outcomes: list[Outcome] = field(default_factory=list)
+    steps: list[StepOutcome] = field(default_factory=list)
+    deploy_seconds: float = 0.0
+    host_seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return all(o.ok for o in self.outcomes) and all(s.ok for s in self.steps)
+
+    def to_json(self, mode: str, pid: int, error: Failure | None = None) -> dict[str, Any]:
+        """The run summary (``--json``); ``error`` is a run-wide error that stopped it."""
+        return {
+            "mode": mode,
+            "pid": pid,
+            "ok": self.ok and error is None,
+            "error": error.message if error else None,
+            "failure": error.to_json() if error else None,
+            "certificates": [outcome_to_json(o) for o in self.outcomes],
+            "deploy": {"wall_s": round(self.deploy_seconds, 3),
+                       "hosts_s": {h: round(t, 3) for h, t in self.host_seconds.items()}},
+            "actions": [
+                {"section": s.section, "kind": s.kind, "what": s.what, "host": s.host,
+                 "ok": s.ok, "error": s.failure.message if s.failure else None}
+                for s in self.steps
+            ],
+        }

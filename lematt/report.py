@@ -1,4 +1,4 @@
-"""What a run tells its user: progress, changes, failures, and an optional JSON summary.
+"""What a run tells its user: progress, changes and failures, one line each.
 
 Contract: ``info`` is progress (silent under ``--cron``); ``change`` is a renewal or an action
 that ran (always shown); ``failure`` goes to stderr, always. Under ``--cron`` a run where
@@ -7,13 +7,9 @@ nothing was due prints nothing at all. Every line is one sentence a user can act
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
-
-from lematt.store.atomic import write_atomic
+from typing import TextIO
 
 
 @dataclass
@@ -39,8 +35,3 @@ class Reporter:
 
     def failure(self, message: str) -> None:
         print(f"{self._prefix()}FAILED: {message}", file=self.err, flush=True)
-
-
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """The JSON summary (``--json PATH``), written atomically so a reader never sees half."""
-    write_atomic(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())

@@ -1,4 +1,4 @@
-"""actions: sections, placeholder quoting, step order and dedup, prepare commands."""
+"""Deploy plan: sections, placeholder quoting, step order and dedup, prepare commands."""
 
 from __future__ import annotations
 
@@ -7,11 +7,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lematt.actions import LOCAL, Step, deploy_plan, forwarders, prepare_commands, run_host
 from lematt.config import Actions, Section, Settings, SshForward, SshRun, SshUpload
+from lematt.deploy.hosts import run_host
+from lematt.deploy.plan import LOCAL, Step, deploy_plan
+from lematt.execution import CommandResult
 from lematt.execution.local import LocalRunner
 from lematt.model import CertLine
-from lematt.store.tree import Store
+from lematt.store.layout import Layout
 
 A = CertLine(1, ("a.example.com", "www.a.example.com"))
 MAIL = CertLine(2, ("mail.example.com",))
@@ -24,8 +26,13 @@ ACTIONS = Actions(
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(Settings(conf_dir=tmp_path / "my conf", account_key=tmp_path / "k"), test=False)
+def layout(tmp_path: Path) -> Layout:
+    return Layout(Settings(conf_dir=tmp_path / "my conf", account_key=tmp_path / "k"),
+                  test=False)
+
+
+def no_files(lines: object, kind: str, mode: int | None) -> tuple[()]:
+    return ()
 
 
 def hosts_of(dest: str) -> str:
@@ -33,13 +40,13 @@ def hosts_of(dest: str) -> str:
     return {"web-a": "[127.0.0.2]:2222", "web-b": "[127.0.0.2]:2222"}.get(dest, dest)
 
 
-def test_steps_uploads_first_then_distinct_updates(store: Store) -> None:
-    plan = deploy_plan(ACTIONS, [A, MAIL], store, hosts_of)
+def test_steps_uploads_first_then_distinct_updates(layout: Layout) -> None:
+    plan = deploy_plan(ACTIONS, [A, MAIL], layout, hosts_of, no_files)
     assert list(plan) == [LOCAL]
     steps = plan[LOCAL]
     kinds = [s.kind for s in steps]
     assert kinds == ["uploadCerts", "uploadKeys", "update", "update", "update"]
-    certdir = str(store.layout.cert_dir())
+    certdir = str(layout.cert_dir())
     assert steps[0] == Step("uploadCerts", "default", LOCAL,
                             f"cp '{certdir}/a.example.com'* '{certdir}/www.a.example.com'* /srv")
     assert steps[1].section == "every"
@@ -49,12 +56,12 @@ def test_steps_uploads_first_then_distinct_updates(store: Store) -> None:
                        "log a.example.com www.a.example.com mail.example.com"]
 
 
-def test_only_sections_of_renewed_certs_run(store: Store) -> None:
-    steps = deploy_plan(ACTIONS, [MAIL], store, hosts_of)[LOCAL]
+def test_only_sections_of_renewed_certs_run(layout: Layout) -> None:
+    steps = deploy_plan(ACTIONS, [MAIL], layout, hosts_of, no_files)[LOCAL]
     assert {s.section for s in steps} == {"override-mail", "every"}
 
 
-def test_two_aliases_of_one_host_share_one_queue(store: Store) -> None:
+def test_two_aliases_of_one_host_share_one_queue(layout: Layout) -> None:
     actions = Actions(default=Section(
         "default",
         upload_certs=(SshUpload("web-a", "/etc/ssl"),),
@@ -62,7 +69,7 @@ def test_two_aliases_of_one_host_share_one_queue(store: Store) -> None:
         update=(SshRun("web-b", "reload DOMAINS_CN"), SshRun("web-a"), "echo local",
                 SshRun("web-b", "reload DOMAINS_CN")),
     ))
-    plan = deploy_plan(actions, [A], store, hosts_of)
+    plan = deploy_plan(actions, [A], layout, hosts_of, no_files)
     assert list(plan) == ["[127.0.0.2]:2222", LOCAL]
     remote = plan["[127.0.0.2]:2222"]
     assert [(s.kind, s.destination, s.command) for s in remote] == [
@@ -76,13 +83,13 @@ def test_forwarders_once_per_line() -> None:
     fwd = SshForward("web-a", "http://central.example.com")
     actions = Actions(default=Section("default", prepare=(fwd, "local DOMAIN")),
                       every=Section("every", prepare=(fwd,)))
-    assert forwarders(actions, A) == [fwd]
-    assert prepare_commands(actions, A) == ["local a.example.com", "local www.a.example.com"]
+    assert actions.forwarders_for(A) == [fwd]
+    assert actions.prepares_for(A) == ["local a.example.com", "local www.a.example.com"]
 
 
 def test_prepare_one_per_name_with_domain_quoted() -> None:
-    assert prepare_commands(ACTIONS, MAIL) == ["fwd mail.example.com"]
-    assert prepare_commands(ACTIONS, A) == []
+    assert ACTIONS.prepares_for(MAIL) == ["fwd mail.example.com"]
+    assert ACTIONS.prepares_for(A) == []
 
 
 @pytest.mark.anyio
@@ -92,13 +99,13 @@ async def test_failed_upload_skips_updates(tmp_path: Path) -> None:
              Step("update", "s", LOCAL, f"touch '{marker}'")]
     runner = LocalRunner()
 
-    async def execute(step: Step) -> object:
+    async def execute(step: Step) -> CommandResult:
         assert step.command is not None
         return await runner.run(step.command, timeout=30)
 
     outcomes = await run_host(execute, steps)
     assert outcomes[0].result is not None and outcomes[0].result.exit_status == 3
-    assert "oops" in (outcomes[0].error or "")
+    assert "oops" in str(outcomes[0].failure)
     assert outcomes[1].result is None and not marker.exists()
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from lematt.acme.limits import RequestRateLimiter
 from lematt.model import CertLine, Found, Job
-from lematt.shards import deal
+from lematt.orders.processes import deal
 from tests.conftest import REPO_ROOT, ChallengeDrop, MakeConf, RunLematt
 from tests.rig import PebbleRig
 from tests.test_run import assert_pair, tree

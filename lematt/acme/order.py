@@ -26,7 +26,7 @@ import anyio
 
 from lematt.acme.client import AcmeClient
 from lematt.acme.messages import Authorization, Challenge, Order, Status
-from lematt.errors import AcmeError, ChallengeError, LemattError
+from lematt.errors import AcmeError, AcmeTimeoutError, ChallengeError, LemattError
 
 HTTP_01 = "http-01"
 _T = TypeVar("_T")
@@ -159,7 +159,7 @@ async def obtain(
         if not order.certificate:
             raise AcmeError(f"the CA's valid order {order_url} for {what} has no certificate URL")
         return await client.download_certificate(order.certificate)
-    raise AcmeError(
+    raise AcmeTimeoutError(
         f"timed out obtaining the certificate for {what} after {max(0.0, deadline - start):.0f} s; "
         "try again later"
     )

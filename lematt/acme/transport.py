@@ -40,7 +40,7 @@ from lematt import __version__
 from lematt.acme.jws import AccountSigner
 from lematt.acme.limits import RequestRateLimiter
 from lematt.acme.messages import Directory, parse_problem
-from lematt.errors import AcmeError, AcmeProblem
+from lematt.errors import AcmeError, AcmeNetworkError, AcmeProblem, AcmeTimeoutError
 
 DEFAULT_USER_AGENT = f"lematt/{__version__} aiohttp/{aiohttp.__version__}"
 MAX_BAD_NONCE_RETRIES = 10
@@ -148,7 +148,7 @@ class Transport:
                 body = await resp.read()
                 reply = Reply(url, resp.status, resp.headers, body)
         except TimeoutError:
-            raise AcmeError(
+            raise AcmeTimeoutError(
                 f"no answer from the CA at {url} within {self._timeout:g} s; "
                 "the CA may be overloaded or unreachable, try again later"
             ) from None
@@ -158,12 +158,12 @@ class Transport:
                 "for a private CA set caBundle in lematt.conf"
             ) from None
         except aiohttp.ClientConnectorError as exc:
-            raise AcmeError(
+            raise AcmeNetworkError(
                 f"cannot connect to the CA at {url}: {exc.os_error.strerror or exc}; "
                 "check the directory URL and this machine's network"
             ) from None
         except aiohttp.ClientError as exc:
-            raise AcmeError(
+            raise AcmeNetworkError(
                 f"talking to the CA at {url} failed: {exc or type(exc).__name__}; try again later"
             ) from None
         nonce = reply.headers.get("Replay-Nonce")
@@ -287,7 +287,7 @@ class Transport:
                     wait = max(wait, min(retry_after, POLL_MAX_RETRY_AFTER))
                 delay = min(delay * 2, POLL_MAX_DELAY)
                 await anyio.sleep(wait)
-        raise AcmeError(
+        raise AcmeTimeoutError(
             f"timed out {what} after {max(0.0, deadline - start):.0f} s; "
             "the CA is slow or the validation hangs, try again later"
         )

@@ -7,6 +7,7 @@ lines are ``lematt.model.CertLine`` values (they travel through the whole run).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,24 @@ class Actions:
         if self.every is not None:
             chosen.append(self.every)
         return tuple(chosen)
+
+    def prepares_for(self, line: CertLine) -> list[str]:
+        """The local prepare commands of a certificate: one per name and section, ``DOMAIN``
+        replaced by that name (shell-quoted), identical commands once."""
+        commands: list[str] = []
+        for name in line.names:
+            for section in self.sections_for((name,)):
+                commands.extend(c.replace("DOMAIN", shlex.quote(name)) for c in section.prepare
+                                if isinstance(c, str))
+        return list(dict.fromkeys(commands))
+
+    def forwarders_for(self, line: CertLine) -> list[SshForward]:
+        """The SSH forwarders (structured prepares) a certificate's orders need, once each."""
+        found: list[SshForward] = []
+        for section in self.sections_for(line.names):
+            found.extend(p for p in section.prepare
+                         if isinstance(p, SshForward) and p not in found)
+        return found
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 TAIL_CHARS = 2000
+# How long a stopped process (a command, a remote command, a forwarder, an order process)
+# gets to end by itself after EOF or SIGTERM before it is killed.
+STOP_GRACE_SECONDS = 5.0
 
 
 @dataclass(frozen=True)

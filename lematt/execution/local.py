@@ -18,9 +18,7 @@ import anyio
 from anyio.abc import ByteReceiveStream, Process
 
 from lematt.errors import ActionError
-from lematt.execution import CommandResult, tail
-
-STOP_GRACE_SECONDS = 5.0
+from lematt.execution import STOP_GRACE_SECONDS, CommandResult, tail
 
 
 async def _drain(stream: ByteReceiveStream | None, sink: bytearray, limit: int = 1 << 20) -> None:

@@ -43,7 +43,7 @@ import anyio
 import asyncssh
 
 from lematt.errors import RemoteError
-from lematt.execution import CommandResult, UploadFile, tail
+from lematt.execution import STOP_GRACE_SECONDS, CommandResult, UploadFile, tail
 from lematt.execution.ssh_config import (
     SshDestination,
     has_recorded_key,
@@ -55,7 +55,6 @@ CONNECT_TIMEOUT = 15.0
 COMMAND_TIMEOUT = 120.0
 KEEPALIVE_INTERVAL = 15.0
 KEEPALIVE_COUNT_MAX = 3  # ~45 s of silence and the connection counts as dead
-STOP_GRACE_SECONDS = 5.0  # after EOF/TERM, before the next, harsher step
 CLOSE_TIMEOUT = 5.0  # shielded waits for channels/connections/cleanup to finish
 SESSION_LABEL = "(forced command)"  # CommandResult.command of open_session()
 _OUTPUT_LIMIT = 64 * 1024  # bytes of each stream kept (a rolling tail)

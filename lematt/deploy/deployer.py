@@ -1,8 +1,11 @@
 """Deploy: run the actions of renewed certificates on every host, all hosts at once.
 
-Contract: ``Deployer.run(renewed)`` deploys the renewed lines plus every deploy that an
-earlier run left pending, and returns one ``StepOutcome`` per step. Hosts run concurrently
-(at most ``parallelHosts``), each host's steps in order (``actions.run_host``). A host whose
+Contract: ``Deployer(config, store, reporter, pool, pending).run(renewed)`` deploys the
+renewed lines plus every deploy in ``pending`` (owed by earlier runs, read once by the run)
+and returns a ``DeployReport``: one ``StepOutcome`` per step and the time each host took.
+Hosts run concurrently (at most ``parallelHosts``), each host's steps in order
+(``deploy.hosts.run_host``). SSH steps use the run's ``pool`` (the run opens it whenever a
+deploy may need it). A host whose
 deploy failed is remembered in the store's pending file with the lines it still owes, and the
 next run retries exactly that host - also when no certificate is due then - without ordering
 anything again. A host that succeeds is cleared. Local shell strings form the host "local".
@@ -10,18 +13,21 @@ anything again. A host that succeeds is cleared. Local shell strings form the ho
 
 from __future__ import annotations
 
-import contextlib
+import functools
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import anyio
 
-from lematt.actions import LOCAL, Step, StepOutcome, deploy_plan, run_host
 from lematt.config import Config
+from lematt.deploy.files import upload_files
+from lematt.deploy.hosts import HostStep, run_host
+from lematt.deploy.plan import LOCAL, Step, deploy_plan
 from lematt.errors import ConfigError, RemoteError
 from lematt.execution import CommandResult
 from lematt.execution.local import LocalRunner
-from lematt.model import CertLine
+from lematt.model import CertLine, StepOutcome
 from lematt.report import Reporter
 from lematt.store.tree import Store
 
@@ -30,21 +36,30 @@ if TYPE_CHECKING:
     from lematt.execution.ssh_config import SshDestination
 
 LOCAL_COMMAND_TIMEOUT = 600.0  # rsync of many files takes a while; a hung one must still end
+Pending = dict[str, list[tuple[str, ...]]]  # host -> names of the lines it is owed
+
+
+@dataclass
+class DeployReport:
+    steps: list[StepOutcome] = field(default_factory=list)
+    # Seconds each host's queue took, and the whole deploy: for --json and benchmarks.
+    host_seconds: dict[str, float] = field(default_factory=dict)
+    wall_seconds: float = 0.0
 
 
 class Deployer:
     def __init__(self, config: Config, store: Store, reporter: Reporter,
-                 pool: SshPool | None = None) -> None:
+                 pool: SshPool | None, pending: Pending) -> None:
         self.config = config
         self.store = store
         self.reporter = reporter
         self.local = LocalRunner()
-        self._pool = pool  # an SshPool, shared with the forwarders of this run
+        self._pool = pool  # the run's SshPool, shared with its forwarders
+        self._pending = pending
         self._destinations: dict[str, SshDestination] = {}
         self._unresolvable: dict[str, str] = {}
-        # Seconds each host's queue took, and the whole deploy: for --json and benchmarks.
-        self.host_seconds: dict[str, float] = {}
-        self.wall_seconds = 0.0
+        self._files_for = functools.partial(upload_files, store.layout,
+                                            config.settings.key_types)
 
     # -- destinations ---------------------------------------------------------------------
     def _resolve(self, written: str) -> str:
@@ -67,7 +82,8 @@ class Deployer:
             return await self.local.run(step.command, timeout=LOCAL_COMMAND_TIMEOUT)
         if step.destination in self._unresolvable:
             raise RemoteError(self._unresolvable[step.destination])
-        assert self._pool is not None, "run() opens the SSH pool when a step needs it"
+        if self._pool is None:  # the run opens a pool whenever the config has SSH actions
+            raise RemoteError(f"{step.destination}: no SSH connection pool in this run")
         runner = self._pool.runner(self._destinations[step.destination])
         if step.remote_dir is not None:
             if not step.files:
@@ -87,14 +103,13 @@ class Deployer:
         """Steps per host: the renewed lines, plus for a host with a pending deploy the
         lines it still owes (lines no longer configured are dropped). Also returns the
         pending hosts the config no longer deploys to (their debt is void)."""
-        actions, store = self.config.actions, self.store
-        plans = deploy_plan(actions, renewed, store, self._resolve)
+        plans = self._plan(renewed)
         known = self._lines_by_names()
         void: list[str] = []
-        for host, owed in self.store.pending.load().items():
+        for host, owed in self._pending.items():
             lines = list(renewed) + [known[n] for n in owed if n in known
                                      and known[n] not in renewed]
-            steps = deploy_plan(actions, lines, store, self._resolve).get(host)
+            steps = self._plan(lines).get(host)
             if steps:
                 if host not in plans and not renewed:
                     self.reporter.change(f"retrying the pending deploy to {host}")
@@ -103,64 +118,63 @@ class Deployer:
                 void.append(host)
         return plans, void
 
+    def _plan(self, lines: Sequence[CertLine]) -> dict[str, list[Step]]:
+        return deploy_plan(self.config.actions, lines, self.store.layout, self._resolve,
+                           self._files_for)
+
     def _owed(self, steps: Sequence[Step], lines: Sequence[CertLine]) -> list[tuple[str, ...]]:
         """The lines a host's failed steps were deploying (for the pending file)."""
         host = steps[0].host
         owed = []
         for line in lines:
-            if deploy_plan(self.config.actions, [line], self.store, self._resolve).get(host):
+            if self._plan([line]).get(host):
                 owed.append(line.names)
         return owed
 
     # -- running --------------------------------------------------------------------------
-    async def run(self, renewed: Sequence[CertLine]) -> list[StepOutcome]:
+    async def run(self, renewed: Sequence[CertLine]) -> DeployReport:
+        report = DeployReport()
         plans, void = self.plan(renewed)
         if not plans:
             if void:
                 self.store.pending.save({})  # only void debts were left
-            return []
-        needs_ssh = any(s.destination is not None for steps in plans.values() for s in steps)
-        results: dict[str, list[StepOutcome]] = {}
+            return report
+        results: dict[str, list[HostStep]] = {}
         limiter = anyio.CapacityLimiter(self.config.settings.parallel_hosts)
 
         async def host_task(host: str, steps: list[Step]) -> None:
             async with limiter:
                 begun = anyio.current_time()
                 results[host] = await run_host(self._execute, steps)
-                self.host_seconds[host] = anyio.current_time() - begun
+                report.host_seconds[host] = anyio.current_time() - begun
 
         started = anyio.current_time()
-        async with contextlib.AsyncExitStack() as stack:
-            if needs_ssh and self._pool is None:
-                from lematt.execution.ssh import SshPool
+        async with anyio.create_task_group() as tg:
+            for host, steps in plans.items():
+                tg.start_soon(host_task, host, steps)
+        report.wall_seconds = anyio.current_time() - started
+        report.steps = self._finish(plans, results, renewed, void)
+        return report
 
-                s = self.config.settings
-                self._pool = await stack.enter_async_context(SshPool(
-                    connect_timeout=s.ssh_connect_timeout, command_timeout=s.ssh_command_timeout))
-            async with anyio.create_task_group() as tg:
-                for host, steps in plans.items():
-                    tg.start_soon(host_task, host, steps)
-        self.wall_seconds = anyio.current_time() - started
-        return self._finish(plans, results, renewed, void)
-
-    def _finish(self, plans: dict[str, list[Step]], results: dict[str, list[StepOutcome]],
+    def _finish(self, plans: dict[str, list[Step]], results: dict[str, list[HostStep]],
                 renewed: Sequence[CertLine], void: list[str]) -> list[StepOutcome]:
-        pending = self.store.pending.load()
+        pending = dict(self._pending)
         for host in void:
             pending.pop(host, None)
         known = self._lines_by_names()
         outcomes: list[StepOutcome] = []
         for host, steps in plans.items():
-            host_outcomes = results.get(host, [])
-            outcomes += host_outcomes
-            for o in host_outcomes:
+            host_steps = results.get(host, [])
+            outcomes += [h.outcome() for h in host_steps]
+            for h in host_steps:
                 where = "" if host == LOCAL else f" on {host}"
-                if o.ok:
-                    self.reporter.change(f"ran [{o.step.section}] {o.step.kind}{where}: "
-                                         f"{o.step.describe()}")
+                if h.ok:
+                    self.reporter.change(f"ran [{h.step.section}] {h.step.kind}{where}: "
+                                         f"{h.step.describe()}")
                 else:
-                    self.reporter.failure(f"[{o.step.section}] {o.step.kind}{where}: {o.error}")
-            if all(o.ok for o in host_outcomes):
+                    self.reporter.failure(f"[{h.step.section}] {h.step.kind}{where}: "
+                                          f"{h.failure}")
+            if all(h.ok for h in host_steps):
                 pending.pop(host, None)
             else:
                 previous = [known[n] for n in pending.get(host, []) if n in known]

@@ -1,4 +1,4 @@
-"""The ACME account on disk: its key, and the account URL each CA gave for that key.
+"""The ACME account: its key on disk, the account URL each CA gave for that key, the client.
 
 Contract:
 
@@ -12,6 +12,11 @@ Contract:
   and carry the key's RFC 7638 thumbprint, so ``--test`` and ``--prod`` (two CAs, one key)
   and a replaced key file each get the right answer.
 
+* ``open_client(env, key)`` opens the run's ACME client for ``env``'s CA;
+  ``use_account(env, client, key)`` points it at the remembered account or registers;
+  ``ensure_registered(env, key)`` registers only if no URL is remembered (once per run,
+  before order processes start).
+
 Why remember at all: RFC 8555 section 7.3 lets a client find its account by sending
 newAccount again, but CAs answer that differently (acme2certifier replies 200 with an empty
 ``{}`` body), and it is one more request per run and per order process. With the URL known, a
@@ -23,14 +28,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lematt.errors import StoreError
+from lematt.orders.context import OrderEnv
 from lematt.store.atomic import write_atomic
 
 if TYPE_CHECKING:
     from lematt import crypto
+    from lematt.acme.client import AcmeClient
 
 BOOK_SUFFIX = ".accounts.json"
 BOOK_VERSION = 1
@@ -103,3 +111,55 @@ class AccountBook:
         except OSError as exc:
             raise StoreError(f"cannot record the ACME account URL in {self.path}: {exc}; "
                              "check that its directory is writable") from exc
+
+
+def _book(env: OrderEnv) -> AccountBook:
+    return AccountBook(env.settings.account_key)
+
+
+def known_account(env: OrderEnv, key: crypto.PrivateKey) -> str | None:
+    """The account URL this key has at the run's CA, if an earlier run learnt it."""
+    from lematt.acme.jws import thumbprint
+
+    return _book(env).lookup(env.directory_url, thumbprint(key))
+
+
+def _remembering(env: OrderEnv, key: crypto.PrivateKey) -> Callable[[str], None]:
+    """What the ACME client calls with a newly learnt account URL: it goes into the book."""
+    from lematt.acme.jws import thumbprint
+
+    book, key_print = _book(env), thumbprint(key)
+
+    def remember(url: str) -> None:
+        try:
+            book.remember(env.directory_url, key_print, url)
+        except StoreError as exc:
+            # The account works; only the next run will have to look it up again.
+            env.reporter.warn(str(exc))
+
+    return remember
+
+
+def open_client(env: OrderEnv, key: crypto.PrivateKey,
+                rate_share: float = 1.0) -> AbstractAsyncContextManager[AcmeClient]:
+    """The ACME client of this process (``rate_share``: its part of the request rates)."""
+    from lematt.acme.client import AcmeClient
+    from lematt.acme.limits import RequestRateLimiter
+
+    s = env.settings
+    return AcmeClient.open(
+        env.directory_url, key, ca_bundle=s.ca_bundle,
+        rate_limiter=RequestRateLimiter(dict(s.rate_limits), share=rate_share),
+        request_timeout=s.acme_request_timeout)
+
+
+async def use_account(env: OrderEnv, client: AcmeClient, key: crypto.PrivateKey) -> None:
+    await client.ensure_account(env.settings.contact_email, known_url=known_account(env, key),
+                                remember=_remembering(env, key))
+
+
+async def ensure_registered(env: OrderEnv, key: crypto.PrivateKey) -> None:
+    if known_account(env, key) is None:
+        async with open_client(env, key) as client:
+            await use_account(env, client, key)
+

@@ -3,8 +3,8 @@
 Why: one event loop uses one core. In a bulk run against a nearby CA, lematt's loop (HTTP,
 TLS, JWS) is what keeps the machine from being busier; N processes use N cores.
 
-Contract, main process (``run_shards``): the due lines are dealt out to N order processes
-(``python -m lematt.shards``; a line's RSA and EC jobs stay together). Each gets one JSON
+Contract, main process (``run_processes``): the due lines are dealt out to N order processes
+(``python -m lematt.orders.processes``; a line's RSA and EC jobs stay together). Each gets one JSON
 line on stdin - the conf path, its jobs, its share of the request rates, its own journal
 name - and answers one JSON line per finished job on stdout, which ``record`` receives at
 once. Planning, the lock, recovery and deploys stay in the main process. With
@@ -29,29 +29,30 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 
 from lematt.errors import LemattError
-
-if TYPE_CHECKING:
-    from lematt.engine import Engine, Outcome
-    from lematt.model import Job
-
-# How long a stopped order process may take to finish its cleanup before it is killed.
-STOP_GRACE_SECONDS = 30.0
+from lematt.execution import STOP_GRACE_SECONDS
+from lematt.model import (
+    Failure,
+    FailureKind,
+    Found,
+    Job,
+    Outcome,
+    outcome_from_json,
+    outcome_to_json,
+)
+from lematt.orders.context import OrderEnv
+from lematt.orders.lines import jobs_by_line
 
 
 def deal(jobs: list[Job], processes: int) -> list[list[Job]]:
     """Jobs in ``processes`` groups of whole lines, round-robin in domains order."""
-    by_line: dict[int, list[Job]] = {}
-    for job in jobs:
-        by_line.setdefault(job.line.lineno, []).append(job)
     groups: list[list[Job]] = [[] for _ in range(processes)]
-    for i, line_jobs in enumerate(by_line.values()):
+    for i, line_jobs in enumerate(jobs_by_line(jobs).values()):
         groups[i % processes].extend(line_jobs)
     return [group for group in groups if group]
 
@@ -64,8 +65,8 @@ def _token_dir() -> tempfile.TemporaryDirectory[str]:
 
 
 @contextlib.asynccontextmanager
-async def _challenge_server(engine: Engine, shared_dir: Path) -> AsyncIterator[None]:
-    listen = engine.settings.challenge_listen
+async def _challenge_server(env: OrderEnv, shared_dir: Path) -> AsyncIterator[None]:
+    listen = env.settings.challenge_listen
     if listen is None:
         yield
         return
@@ -75,45 +76,34 @@ async def _challenge_server(engine: Engine, shared_dir: Path) -> AsyncIterator[N
         yield
 
 
-async def run_shards(engine: Engine, jobs: list[Job], processes: int,
-                     record: Callable[[Outcome], None]) -> None:
+async def run_processes(env: OrderEnv, jobs: list[Job], processes: int,
+                        record: Callable[[Outcome], None]) -> None:
     groups = deal(jobs, processes)
     with _token_dir() as token_dir:
         shared_dir = Path(token_dir)
-        async with _challenge_server(engine, shared_dir), anyio.create_task_group() as tg:
+        async with _challenge_server(env, shared_dir), anyio.create_task_group() as tg:
             for number, group in enumerate(groups):
-                tg.start_soon(_one_process, engine, number, len(groups), group, shared_dir,
+                tg.start_soon(_one_process, env, number, len(groups), group, shared_dir,
                               record)
 
 
-def _outcome_from(job: Job, data: dict[str, Any]) -> Outcome:
-    from lematt.engine import Outcome
-
-    not_after = data.get("not_after")
-    return Outcome(job, changed=bool(data.get("changed")), error=data.get("error"),
-                   not_after=datetime.fromisoformat(not_after) if not_after else None,
-                   new_key=bool(data.get("new_key")))
-
-
-async def _one_process(engine: Engine, number: int, count: int, jobs: list[Job],
+async def _one_process(env: OrderEnv, number: int, count: int, jobs: list[Job],
                        shared_dir: Path, record: Callable[[Outcome], None]) -> None:
-    from lematt.engine import Outcome
-
     spec = {
-        "config": str(engine.config.config_path),
-        "test": engine.options.test,
-        "parallel": max(1, engine.options.parallel // count),
+        "config": str(env.config.config_path),
+        "test": env.test,
+        "parallel": max(1, env.parallel // count),
         "rate_share": 1.0 / count,
         "journal": f"pending-{number}",
-        "shared_dir": str(shared_dir) if engine.settings.challenge_listen else None,
+        "shared_dir": str(shared_dir) if env.settings.challenge_listen else None,
         "jobs": [[job.line.lineno, list(job.line.names), job.key_type, job.reason,
                   job.found.key_present] for job in jobs],
     }
     waiting = {(job.line.lineno, job.key_type): job for job in jobs}
     process = await anyio.open_process(
-        [sys.executable, "-m", "lematt.shards"], stdin=subprocess.PIPE,
+        [sys.executable, "-m", "lematt.orders.processes"], stdin=subprocess.PIPE,
         stdout=subprocess.PIPE, stderr=None, start_new_session=True,
-        pass_fds=(engine.lock_fd,) if engine.lock_fd is not None else ())
+        pass_fds=(env.lock_fd,) if env.lock_fd is not None else ())
     status: int | None = None
     cancelled = False
     try:
@@ -132,7 +122,7 @@ async def _one_process(engine: Engine, number: int, count: int, jobs: list[Job],
                     continue
                 job = waiting.pop(key, None)
                 if job is not None:
-                    record(_outcome_from(job, data))
+                    record(outcome_from_json(job, data))
         status = await process.wait()
     except anyio.get_cancelled_exc_class():
         cancelled = True  # the run is stopping: its jobs are not failures to report
@@ -150,18 +140,19 @@ async def _one_process(engine: Engine, number: int, count: int, jobs: list[Job],
                 status = await process.wait()
             await process.aclose()
             for job in waiting.values() if not cancelled else ():
-                record(Outcome(job, error=f"internal error: order process {number} ended "
-                                          f"(exit status {status}) before this certificate"))
+                record(Outcome(job, failure=Failure(
+                    FailureKind.INTERNAL, f"internal error: order process {number} ended "
+                                          f"(exit status {status}) before this certificate")))
 
 
 # -- the order process ------------------------------------------------------------------------
 
-async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
-    from lematt.accounts import load_or_create_account_key
-    from lematt.engine import Outcome
-    from lematt.model import CertLine, Found, Job
+async def _serve(env: OrderEnv, spec: dict[str, Any]) -> None:
+    from lematt.model import CertLine
+    from lematt.orders.account import load_or_create_account_key
+    from lematt.orders.lines import order_here
 
-    lines = {line.lineno: line for line in engine.config.lines}
+    lines = {line.lineno: line for line in env.config.lines}
     jobs: list[Job] = []
     changed: list[Job] = []  # the domains file was edited after the main process read it
     for lineno, names, key_type, reason, key_present in spec["jobs"]:
@@ -175,11 +166,7 @@ async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
 
     def answer(outcome: Outcome) -> None:
         unanswered.pop((outcome.job.line.lineno, outcome.job.key_type), None)
-        out.write(json.dumps({
-            "lineno": outcome.job.line.lineno, "key_type": outcome.job.key_type,
-            "changed": outcome.changed, "error": outcome.error, "new_key": outcome.new_key,
-            "not_after": outcome.not_after.isoformat() if outcome.not_after else None,
-        }) + "\n")
+        out.write(json.dumps(outcome_to_json(outcome)) + "\n")
         out.flush()
 
     async with anyio.create_task_group() as tg:
@@ -197,38 +184,41 @@ async def _serve(engine: Engine, spec: dict[str, Any]) -> None:
 
         tg.start_soon(stop_at_eof)
         for job in changed:
-            answer(Outcome(job, error="the domains file changed during the run; not ordered, "
-                                      "the next run sees the new line"))
+            answer(Outcome(job, failure=Failure(
+                FailureKind.CONFIG, "the domains file changed during the run; not ordered, "
+                                    "the next run sees the new line")))
         shared = spec["shared_dir"]
         try:
-            account_key = load_or_create_account_key(engine.settings.account_key,
-                                                      engine.reporter.change)
-            await engine.orders_here(jobs, None, account_key, answer,
-                                     shared_dir=Path(shared) if shared else None,
-                                     rate_share=float(spec["rate_share"]))
+            account_key = load_or_create_account_key(env.settings.account_key,
+                                                     env.reporter.change)
+            await order_here(env, jobs, None, account_key, answer,
+                             shared_dir=Path(shared) if shared else None,
+                             rate_share=float(spec["rate_share"]))
         except LemattError as exc:
             # What ends a whole run in one process (the CA unreachable, say) fails this
             # process's remaining jobs, each with the reason.
             for job in list(unanswered.values()):
-                answer(Outcome(job, error=str(exc)))
+                answer(Outcome(job, failure=Failure.of(exc)))
         tg.cancel_scope.cancel()
 
 
 def main() -> int:
     from lematt import config as config_mod
-    from lematt.engine import Engine, Options
     from lematt.report import Reporter
+    from lematt.store.tree import Store
     from lematt.tuning import fewer_gc_passes
 
     spec = json.loads(sys.stdin.buffer.readline())
     try:
         config = config_mod.load(Path(spec["config"]))
-        engine = Engine(config, Options(test=bool(spec["test"]), parallel=int(spec["parallel"])),
-                        # stdout carries the answers: anything else goes to stderr.
-                        Reporter(cron=True, test=bool(spec["test"]), out=sys.stderr))
-        engine.store.use_journal(str(spec["journal"]))
+        test = bool(spec["test"])
+        store = Store(config.settings, test=test)
+        store.use_journal(str(spec["journal"]))
+        # stdout carries the answers: anything else goes to stderr.
+        env = OrderEnv(config, store, Reporter(cron=True, test=test, out=sys.stderr), test,
+                       parallel=int(spec["parallel"]))
         fewer_gc_passes()
-        anyio.run(_serve, engine, spec)
+        anyio.run(_serve, env, spec)
     except LemattError as exc:
         # Every job this process did not answer fails with this text in the main process's
         # report (as an order process that ended early); say why here.

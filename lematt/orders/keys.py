@@ -1,6 +1,11 @@
-"""Worker processes for CPU-bound key work (RSA generation and validation), owned by one run.
+"""A job's key: the stored one reused, or a new one; CPU-bound key work in worker processes.
 
-Contract: ``async with key_workers() as workers: pem = await workers.run(fn, *args)`` runs a
+Contract: ``key_for(settings, layout, job, workers)`` returns ``(key, pem)``: the stored key
+when it may be reused (not ``alwaysGenerateNewKeys``, present, of the configured type and
+size; a stored RSA key is validated first), with ``pem`` None; else a new key and its PEM.
+Nothing is written: a new key lives in memory until its certificate is stored with it.
+
+``async with key_workers() as workers: pem = await workers.run(fn, *args)`` runs a
 picklable top-level function in a pool of at most ``os.cpu_count()`` processes, started only
 when first used, and shut down when the context exits (on every path, shielded; work already
 running finishes, queued work is dropped). A cancelled caller stops waiting at once; its job
@@ -22,9 +27,18 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+
+from lematt.config import Settings
+from lematt.errors import CryptoError
+from lematt.model import Job
+from lematt.store.atomic import read_bytes
+from lematt.store.layout import Layout
+
+if TYPE_CHECKING:
+    from lematt import crypto
 
 _T = TypeVar("_T")
 
@@ -70,3 +84,30 @@ async def key_workers() -> AsyncIterator[KeyWorkers]:
     finally:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(workers.shutdown)
+
+
+async def key_for(settings: Settings, layout: Layout, job: Job, workers: KeyWorkers
+                  ) -> tuple[crypto.PrivateKey, bytes | None]:
+    from lematt import crypto
+
+    s = settings
+    if not s.always_generate_new_keys and job.found.key_present:
+        pem = read_bytes(layout.paths(job.line, job.key_type).key)
+        if pem is not None:
+            with contextlib.suppress(CryptoError):
+                key = crypto.load_private_key(pem, validate=False)
+                if crypto.key_matches_type(key, job.key_type, s.key_bits_rsa, s.curve) and (
+                        job.key_type != "rsa" or await workers.run(
+                            crypto.rsa_pem_is_consistent, pem)):
+                    # A stored RSA key is checked before it signs (it may come from a
+                    # user), but in a worker process: the checks take about 40 ms.
+                    return key, None
+    if job.key_type == "rsa":
+        # RSA generation is CPU-bound (hundreds of ms): keep it off the event loop.
+        pem = await workers.run(crypto.generate_private_pem, "rsa", s.key_bits_rsa, s.curve)
+    else:
+        pem = crypto.generate_private_pem("ec", s.key_bits_rsa, s.curve)
+    # Made a moment ago by our own code: the RSA consistency checks (about 40 ms of the
+    # event loop per 2048-bit key) would only re-prove what generation guarantees.
+    return crypto.load_private_key(pem, validate=False), pem
+

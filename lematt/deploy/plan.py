@@ -1,17 +1,13 @@
-"""Actions: from renewed certificates to each host's ordered steps, and running them.
+"""The deploy plan: from renewed certificates to each host's ordered steps. Pure: no I/O.
 
 Contract:
-- ``prepare_commands(actions, line)``: the local prepare commands of one certificate, one per
-  name and section (``DOMAIN`` replaced by that name), identical commands once.
-  ``forwarders(actions, line)``: its structured (SSH forwarder) prepares, once each.
-- ``deploy_plan(actions, lines, store, resolve)``: each certificate maps to its sections
+- ``deploy_plan(actions, lines, layout, resolve, files_for)``: each certificate maps to its sections
   (``Actions.sections_for``); every section runs once for all its certificates. Steps are
   grouped by host - "local" for shell strings, else the resolved address:port of the SSH
   destination, so two aliases of one machine share one queue. On each host every upload
   (per section: uploadCerts, then uploadKeys; sections in order of first appearance) comes
   before any update, and each distinct update runs once, in order of first appearance.
-- ``run_host(runners, steps)`` runs one host's steps in order; after a failed upload that host
-  gets no updates. Each failure is a value in the returned list.
+  ``files_for(lines, kind, mode)`` lists the files an SFTP upload carries (``deploy.files``).
 Placeholder values are shell-quoted, except that the ``*`` of CERTS/KEYS stays outside the
 quotes so the shell expands it (the original's glob semantics).
 """
@@ -22,14 +18,12 @@ import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from lematt.config import Actions, Section, SshForward, SshRun, SshUpload
-from lematt.errors import LemattError
-from lematt.execution import CommandResult, UploadFile
+from lematt.config import Actions, Section, SshRun, SshUpload
+from lematt.execution import UploadFile
 from lematt.model import CertLine
-from lematt.store.tree import Store
+from lematt.store.layout import Layout
 
 LOCAL = "local"
-CERT_MODE, KEY_MODE = 0o644, 0o600
 
 
 @dataclass(frozen=True)
@@ -61,22 +55,6 @@ def _unique(items: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def prepare_commands(actions: Actions, line: CertLine) -> list[str]:
-    commands: list[str] = []
-    for name in line.names:
-        for section in actions.sections_for((name,)):
-            commands.extend(c.replace("DOMAIN", shlex.quote(name)) for c in section.prepare
-                            if isinstance(c, str))
-    return _unique(commands)
-
-
-def forwarders(actions: Actions, line: CertLine) -> list[SshForward]:
-    found: list[SshForward] = []
-    for section in actions.sections_for(line.names):
-        found.extend(p for p in section.prepare if isinstance(p, SshForward) and p not in found)
-    return found
-
-
 def _globs(directory: str, lines: Sequence[CertLine]) -> str:
     names = _unique([n for line in lines for n in line.names])
     return " ".join(shlex.quote(f"{directory}/{n}") + "*" for n in names)
@@ -97,32 +75,16 @@ def sections_with_certs(actions: Actions, lines: Sequence[CertLine]
     return sorted(by_name.values(), key=lambda item: item[0] is actions.every)
 
 
-def upload_files(store: Store, lines: Sequence[CertLine], kind: str, mode: int | None
-                 ) -> tuple[UploadFile, ...]:
-    """The stored files of ``lines`` that CERTS / KEYS stand for: each key type's file and
-    the per-name symlinks (kept as symlinks). Files that do not exist are left out."""
-    want_keys = kind == "uploadKeys"
-    mode = mode if mode is not None else (KEY_MODE if want_keys else CERT_MODE)
-    files: dict[str, UploadFile] = {}
-    for line in lines:
-        for key_type in store.settings.key_types:
-            paths = store.layout.paths(line, key_type)
-            main = paths.key if want_keys else paths.cert
-            if main.is_file():
-                files[main.name] = UploadFile(main, main.name, mode)
-            for link, target in paths.links:
-                if link.parent == main.parent and link.is_symlink():
-                    files.setdefault(link.name, UploadFile(link, link.name, mode, target))
-    return tuple(files.values())
+FilesFor = Callable[[Sequence[CertLine], str, "int | None"], tuple[UploadFile, ...]]
 
 
-def deploy_plan(actions: Actions, lines: Sequence[CertLine], store: Store,
-                resolve: Callable[[str], str]) -> dict[str, list[Step]]:
+def deploy_plan(actions: Actions, lines: Sequence[CertLine], layout: Layout,
+                resolve: Callable[[str], str], files_for: FilesFor) -> dict[str, list[Step]]:
     """Steps per host for deploying ``lines``; ``resolve`` maps an SSH destination to its
     host key (resolved address:port)."""
     uploads: dict[str, list[Step]] = {}
     updates: dict[str, list[Step]] = {}
-    cert_dir, key_dir = str(store.layout.cert_dir()), str(store.layout.key_dir())
+    cert_dir, key_dir = str(layout.cert_dir()), str(layout.key_dir())
     for section, certs in sections_with_certs(actions, lines):
         for kind, entries, directory, word in (
                 ("uploadCerts", section.upload_certs, cert_dir, "CERTS"),
@@ -131,7 +93,7 @@ def deploy_plan(actions: Actions, lines: Sequence[CertLine], store: Store,
                 if isinstance(entry, SshUpload):
                     host = resolve(entry.ssh)
                     step = Step(kind, section.name, host, None, entry.ssh, entry.to,
-                                upload_files(store, certs, kind, entry.mode))
+                                files_for(certs, kind, entry.mode))
                 else:
                     host = LOCAL
                     step = Step(kind, section.name, host,
@@ -153,37 +115,3 @@ def deploy_plan(actions: Actions, lines: Sequence[CertLine], store: Store,
     return {h: uploads.get(h, []) + updates.get(h, []) for h in hosts}
 
 
-@dataclass(frozen=True)
-class StepOutcome:
-    step: Step
-    result: CommandResult | None  # None: an upload, a skipped step or one that could not start
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-async def run_host(execute: Callable[[Step], object], steps: Sequence[Step]
-                   ) -> list[StepOutcome]:
-    """Run one host's steps in order; ``execute(step)`` returns a CommandResult (or None for
-    an upload) and raises ``LemattError`` when the step could not run at all."""
-    outcomes: list[StepOutcome] = []
-    upload_failed = False
-    for step in steps:
-        if upload_failed and not step.is_upload:
-            outcomes.append(StepOutcome(step, None, f"{step.host}: skipped {step.describe()} "
-                                                    "because an upload to this host failed"))
-            continue
-        try:
-            result = await execute(step)  # type: ignore[misc]
-        except LemattError as exc:
-            outcomes.append(StepOutcome(step, None, str(exc)))
-        else:
-            error = None
-            if isinstance(result, CommandResult) and not result.ok:
-                error = result.describe_failure()
-            outcomes.append(StepOutcome(step, result, error))
-        if outcomes[-1].error is not None and step.is_upload:
-            upload_failed = True
-    return outcomes

@@ -1,0 +1,34 @@
+"""The files an upload carries: what ``CERTS`` / ``KEYS`` stand for, read from the tree.
+
+Contract: ``upload_files(layout, key_types, lines, kind, mode)`` lists, for each line and key
+type, the stored key (``uploadKeys``) or certificate (``uploadCerts``) file and the line's
+per-name symlinks (kept as symlinks), each with the mode it gets on the host (default: 0600
+for keys, 0644 for certificates). Files that do not exist are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lematt.execution import UploadFile
+from lematt.model import CertLine, KeyType
+from lematt.store.layout import KEY_MODE, PUBLIC_MODE, Layout
+
+
+def upload_files(layout: Layout, key_types: Sequence[KeyType], lines: Sequence[CertLine],
+                 kind: str, mode: int | None) -> tuple[UploadFile, ...]:
+    """The stored files of ``lines`` that CERTS / KEYS stand for: each key type's file and
+    the per-name symlinks (kept as symlinks). Files that do not exist are left out."""
+    want_keys = kind == "uploadKeys"
+    mode = mode if mode is not None else (KEY_MODE if want_keys else PUBLIC_MODE)
+    files: dict[str, UploadFile] = {}
+    for line in lines:
+        for key_type in key_types:
+            paths = layout.paths(line, key_type)
+            main = paths.key if want_keys else paths.cert
+            if main.is_file():
+                files[main.name] = UploadFile(main, main.name, mode)
+            for link, target in paths.links:
+                if link.parent == main.parent and link.is_symlink():
+                    files.setdefault(link.name, UploadFile(link, link.name, mode, target))
+    return tuple(files.values())

@@ -1,0 +1,56 @@
+"""Running one host's deploy steps, in order.
+
+Contract: ``run_host(execute, steps)`` runs the steps of one host one after the other;
+``execute(step)`` returns a ``CommandResult`` (None for an upload) or raises ``LemattError``
+when the step could not run at all. After a failed upload the host gets no updates. Every
+failure is a value in the returned list (``HostStep``), never an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from lematt.deploy.plan import Step
+from lematt.errors import LemattError
+from lematt.execution import CommandResult
+from lematt.model import Failure, FailureKind, StepOutcome
+
+
+@dataclass(frozen=True)
+class HostStep:
+    step: Step
+    result: CommandResult | None  # None: an upload, a skipped step or one that could not start
+    failure: Failure | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.failure is None
+
+    def outcome(self) -> StepOutcome:
+        s = self.step
+        return StepOutcome(s.section, s.kind, s.host, s.describe(), self.failure)
+
+
+async def run_host(execute: Callable[[Step], Awaitable[CommandResult | None]],
+                   steps: Sequence[Step]) -> list[HostStep]:
+    outcomes: list[HostStep] = []
+    upload_failed = False
+    for step in steps:
+        if upload_failed and not step.is_upload:
+            outcomes.append(HostStep(step, None, Failure(
+                FailureKind.DEPLOY,
+                f"{step.host}: skipped {step.describe()} because an upload to this host failed")))
+            continue
+        try:
+            result = await execute(step)
+        except LemattError as exc:
+            outcomes.append(HostStep(step, None, Failure.of(exc)))
+        else:
+            failure = None
+            if isinstance(result, CommandResult) and not result.ok:
+                failure = Failure(FailureKind.DEPLOY, result.describe_failure())
+            outcomes.append(HostStep(step, result, failure))
+        if outcomes[-1].failure is not None and step.is_upload:
+            upload_failed = True
+    return outcomes

@@ -1,0 +1,64 @@
+"""The order phase of a run: every due job from key to stored pair.
+
+Modules: ``context`` (what the order phase gets from the run, and what one process's order
+tasks share), ``account`` (account key, remembered account URLs, the ACME client), ``keys``
+(new or reused keys, key worker processes), ``pipeline`` (one job: key -> CSR -> ACME ->
+check -> commit), ``lines`` (a line's jobs inside its prepare commands and forwarders; the
+in-process backend), ``processes`` (the same spread over order processes).
+
+Contract of ``order_all(env, jobs, pool)``: every job gets exactly one ``Outcome`` (returned
+in the order they finished, each also reported as it finishes); a job's failure is a value.
+Only run-wide problems (the account, the challenge listener, the CA's directory) raise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lematt.model import Job, Outcome
+from lematt.orders.account import load_or_create_account_key
+from lematt.orders.context import OrderEnv
+
+if TYPE_CHECKING:
+    from lematt.execution.ssh import SshPool
+
+
+def order_processes(env: OrderEnv, jobs: list[Job]) -> int:
+    """How many order processes the run uses: ``--processes``, but one for lines with
+    forwarders or prepare commands (they live in the main process) and never more than
+    there are due lines."""
+    if env.processes <= 1:
+        return 1
+    lines = {job.line.lineno: job.line for job in jobs}
+    actions = env.config.actions
+    if any(actions.forwarders_for(line) or actions.prepares_for(line)
+           for line in lines.values()):
+        env.reporter.info("--processes ignored: lines with forwarders or prepare "
+                          "commands are ordered by this process")
+        return 1
+    return min(env.processes, len(lines))
+
+
+async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None) -> list[Outcome]:
+    from lematt.orders.account import ensure_registered
+    from lematt.orders.lines import order_here
+    from lematt.orders.pipeline import report_outcome
+
+    account_key = load_or_create_account_key(env.settings.account_key, env.reporter.change)
+    outcomes: list[Outcome] = []
+
+    def record(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        report_outcome(env.reporter, outcome)
+
+    processes = order_processes(env, jobs)
+    if processes > 1:
+        from lematt.orders.processes import run_processes
+
+        # Registered once here, so the order processes find the account URL in the book
+        # instead of each registering the key.
+        await ensure_registered(env, account_key)
+        await run_processes(env, jobs, processes, record)
+    else:
+        await order_here(env, jobs, pool, account_key, record)
+    return outcomes

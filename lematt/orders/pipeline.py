@@ -1,0 +1,56 @@
+"""One job, from key to stored pair: key -> CSR -> ACME order -> check -> commit.
+
+Contract: ``order_one(env, tools, job)`` returns the job's ``Outcome`` and never raises for a
+failure of this job (a ``LemattError`` becomes its ``Failure``; any other exception is an
+internal error of this job alone). Nothing live is touched before the certificate has been
+downloaded and checked against our key and the line's names; then key, CSR and chain are
+stored together through the group committer. ``report_outcome`` prints one line for it.
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import anyio
+
+from lematt.errors import LemattError
+from lematt.model import Failure, Job, Outcome
+from lematt.orders.context import OrderEnv, OrderTools
+from lematt.orders.keys import key_for
+from lematt.report import Reporter
+from lematt.store.tree import NewPair
+
+
+async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
+    from lematt import crypto
+    from lematt.acme.order import obtain
+
+    outcome = Outcome(job)
+    try:
+        key, new_pem = await key_for(env.settings, env.store.layout, job, tools.workers)
+        names = job.line.names
+        csr_der = crypto.make_csr(key, names, must_staple=job.line.ocsp_must_staple)
+        deadline = anyio.current_time() + env.settings.order_timeout
+        chain = await obtain(tools.client, names, csr_der, tools.solver, deadline=deadline)
+        chain_pem = chain.encode()
+        info = crypto.check_issued(chain_pem, key, names)
+        await tools.committer.commit(NewPair(
+            job.line, job.key_type, new_pem, crypto.csr_pem(csr_der), chain_pem))
+        outcome.changed, outcome.not_after, outcome.new_key = True, info.not_after, bool(new_pem)
+    except LemattError as exc:
+        outcome.failure = Failure.of(exc)
+    except Exception as exc:  # a bug must fail its job, not the other orders
+        outcome.failure = Failure.of(exc)
+        if env.reporter.debug:
+            traceback.print_exc()
+    return outcome
+
+
+def report_outcome(reporter: Reporter, outcome: Outcome) -> None:
+    job = outcome.job
+    if outcome.failure is None:
+        key_note = "new key" if outcome.new_key else "same key"
+        until = outcome.not_after.strftime("%Y-%m-%d") if outcome.not_after else "?"
+        reporter.change(f"renewed {job.label}: valid until {until} ({key_note})")
+    else:
+        reporter.failure(f"{job.label}: {outcome.failure}")

@@ -1,0 +1,108 @@
+"""One run of lematt: lock -> recover -> scan -> plan -> orders -> deploy -> result.
+
+Contract: ``await run(config, options, reporter)`` takes the conf-dir lock, finishes any store
+an earlier crash interrupted, plans (pure, ``lematt.plan``), orders every due job
+(``lematt.orders``: at most ``options.parallel`` lines in flight, each inside its forwarders
+and prepare commands; new pairs stored atomically), then deploys the renewed certificates
+and every deploy an earlier run still owes (``lematt.deploy``), and returns a ``RunResult``.
+A job's or a step's failure is a value in the result; only run-wide problems (the lock, the
+account, the challenge listener, the CA's directory) raise, as ``LemattError``. One SSH pool
+serves the whole run (forwarders and deploys), opened only when an SSH action may run.
+``write_summary`` writes the JSON form of a run (``--json``) atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from lematt.config import Config
+from lematt.deploy.deployer import Deployer, Pending
+from lematt.model import Job, RunResult
+from lematt.orders import order_all
+from lematt.orders.context import OrderEnv
+from lematt.plan import plan
+from lematt.report import Reporter
+from lematt.store.atomic import write_atomic
+from lematt.store.inventory import scan
+from lematt.store.tree import Store
+
+
+@dataclass(frozen=True)
+class Options:
+    test: bool
+    parallel: int = 20
+    now: datetime | None = None
+    processes: int = 1  # order processes (``--processes``); see lematt.orders.processes
+
+
+def _needs_ssh(config: Config, jobs: list[Job], pending: Pending) -> bool:
+    """Whether an SSH action may run: a deploy still owed, or a due job whose config has
+    SSH forms (forwarders, uploads, updates)."""
+    if pending:
+        return True
+    actions = config.actions
+    for section in (actions.default, actions.every, *actions.overrides):
+        if section is None:
+            continue
+        steps = (*section.prepare, *section.upload_certs, *section.upload_keys, *section.update)
+        if any(not isinstance(step, str) for step in steps):
+            return bool(jobs)
+    return False
+
+
+async def run(config: Config, options: Options, reporter: Reporter) -> RunResult:
+    settings = config.settings
+    store = Store(settings, test=options.test)
+    result = RunResult()
+    with store.lock() as lock_fd:
+        store.ensure_dirs()
+        for message in store.recover():
+            reporter.change(message)
+        now = options.now or datetime.now(UTC)
+        found = await anyio.to_thread.run_sync(scan, store, config.lines, settings.key_types)
+        jobs = plan(settings, config.lines, found, now)
+        # Config warnings (must-staple, ignored files) are news only when something is due,
+        # or when a person is watching: a cron run with nothing due stays silent.
+        if jobs or not reporter.cron:
+            for warning in config.warnings:
+                reporter.warn(warning)
+        pending = store.pending.load()
+        if not jobs and not pending:
+            reporter.info(f"all {len(found)} certificates are current; nothing to do")
+            return result
+        for job in jobs:
+            reporter.info(f"due: {job.label}: {job.reason}")
+        env = OrderEnv(config, store, reporter, options.test, options.parallel,
+                       options.processes, lock_fd)
+        async with contextlib.AsyncExitStack() as stack:
+            # One SSH pool for the run: forwarders during the orders and deploys after them
+            # share connections to the same hosts.
+            pool = None
+            if _needs_ssh(config, jobs, pending):
+                from lematt.execution.ssh import SshPool
+
+                pool = await stack.enter_async_context(SshPool(
+                    connect_timeout=settings.ssh_connect_timeout,
+                    command_timeout=settings.ssh_command_timeout))
+            if jobs:
+                result.outcomes = await order_all(env, jobs, pool)
+            renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
+            renewed = [line for line in config.lines if line.lineno in renewed_numbers]
+            if renewed or pending:
+                report = await Deployer(config, store, reporter, pool, pending).run(renewed)
+                result.steps = report.steps
+                result.deploy_seconds = report.wall_seconds
+                result.host_seconds = report.host_seconds
+    return result
+
+
+def write_summary(path: Path, summary: dict[str, Any]) -> None:
+    """The JSON summary (``--json PATH``), written atomically so a reader never sees half."""
+    write_atomic(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
