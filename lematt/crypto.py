@@ -19,15 +19,19 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from lematt.errors import CryptoError
-from lematt.model import CertInfo
+from lematt.model import CURVE_NAMES, CertInfo
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
-CURVES: dict[str, type[ec.EllipticCurve]] = {
+# The key classes of lematt's curves, by the spelling lematt keeps (``model.CURVE_NAMES``).
+_CURVE_CLASSES: dict[str, type[ec.EllipticCurve]] = {
     "prime256v1": ec.SECP256R1,
-    "secp256r1": ec.SECP256R1,
     "secp384r1": ec.SECP384R1,
 }
+
+
+def curve_class(name: str) -> type[ec.EllipticCurve]:
+    return _CURVE_CLASSES[CURVE_NAMES[name]]
 
 
 def generate_private_pem(key_type: str, rsa_bits: int = 2048, curve: str = "prime256v1") -> bytes:
@@ -36,7 +40,7 @@ def generate_private_pem(key_type: str, rsa_bits: int = 2048, curve: str = "prim
     if key_type == "rsa":
         key = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
     else:
-        key = ec.generate_private_key(CURVES[curve]())
+        key = ec.generate_private_key(curve_class(curve)())
     return private_key_pem(key)
 
 
@@ -79,7 +83,7 @@ def key_matches_type(key: PrivateKey, key_type: str, rsa_bits: int, curve: str) 
     """True when an existing key is of the configured type and size (else it is replaced)."""
     if key_type == "rsa":
         return isinstance(key, rsa.RSAPrivateKey) and key.key_size == rsa_bits
-    return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, CURVES[curve])
+    return isinstance(key, ec.EllipticCurvePrivateKey) and isinstance(key.curve, curve_class(curve))
 
 
 def make_csr(key: PrivateKey, names: tuple[str, ...], *, must_staple: bool = False) -> bytes:

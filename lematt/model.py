@@ -32,6 +32,10 @@ from lematt.names import file_stem
 
 KeyType = Literal["rsa", "ec"]
 
+# The EC curves lematt makes keys on, as lematt.conf spells them (openssl's names; P-256 has
+# two), each to the one spelling lematt keeps.
+CURVE_NAMES = {"prime256v1": "prime256v1", "secp256r1": "prime256v1", "secp384r1": "secp384r1"}
+
 # The ACME endpoints a request-rate limit can name (``rateLimits`` in lematt.conf); "*" is
 # every other URL of the CA.
 ENDPOINT_NAMES = (

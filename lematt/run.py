@@ -31,6 +31,7 @@ from lematt.plan import plan
 from lematt.report import Reporter
 from lematt.store.atomic import write_atomic
 from lematt.store.inventory import scan
+from lematt.store.layout import PUBLIC_MODE
 from lematt.store.tree import Store
 
 
@@ -105,4 +106,5 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
     """The JSON summary (``--json PATH``), written atomically so a reader never sees half."""
-    write_atomic(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    write_atomic(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
+                 PUBLIC_MODE)

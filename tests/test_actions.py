@@ -140,3 +140,14 @@ async def test_background_is_stopped_with_its_children(tmp_path: Path) -> None:
     with anyio.fail_after(10):
         while Path(f"/proc/{child}").exists() and "zombie" not in _state(child):
             await anyio.sleep(0.05)
+
+
+def test_local_and_ssh_runners_are_runners() -> None:
+    from lematt.execution import Runner
+    from lematt.execution.ssh import SshPool
+    from lematt.execution.ssh_config import SshDestination
+
+    assert isinstance(LocalRunner(), Runner)
+    destination = SshDestination.resolve("deploy@127.0.0.2:2222", None)
+    assert isinstance(SshPool().runner(destination), Runner)
+

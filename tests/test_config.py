@@ -651,7 +651,7 @@ def test_must_staple_reaches_cert_lines_with_a_warning(tmp_path: Path) -> None:
     actions = ("[default]\nupdate: [\"r\"]\n"
                "[mail]\ndomains: mail.example.com\nocspStapleRequired: yes\n")
     config = load(write(tmp_path, domains=DOMAINS, actions=actions))
-    flags = {line.primary: config.ocsp_must_staple(line) for line in config.lines}
+    flags = {line.primary: line.ocsp_must_staple for line in config.lines}
     assert flags == {"example.com": False, "mail.example.com": True, "shop.example.com": False}
     warning = next(w for w in config.warnings if "must-staple" in w)
     assert MUST_STAPLE_REFUSED in warning

@@ -109,7 +109,7 @@ def test_ecdsa_signature_is_raw_r_s_and_verifies(
 ) -> None:
     key = ec.generate_private_key(curve)
     payload_in = {"termsOfServiceAgreed": True}
-    body = jws.sign(key, "https://ca.test/new-acct", "nonce-1", payload_in, None)
+    body = jws.AccountSigner(key).sign("https://ca.test/new-acct", "nonce-1", payload_in)
     header, payload, signature, signing_input = _decode(body)
     assert header == {
         "alg": jws.alg_for(key),
@@ -129,7 +129,8 @@ def test_ecdsa_signature_is_raw_r_s_and_verifies(
 
 def test_rs256_post_as_get_with_kid() -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    body = jws.sign(key, "https://ca.test/authz/1", "n2", None, "https://ca.test/acct/7")
+    body = jws.AccountSigner(key, "https://ca.test/acct/7").sign("https://ca.test/authz/1", "n2",
+                                                                 None)
     header, payload, signature, signing_input = _decode(body)
     assert header == {
         "alg": "RS256",

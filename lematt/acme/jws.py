@@ -9,11 +9,11 @@ Contract:
 * ``thumbprint(key)``, ``key_authorization(token, key)`` (RFC 8555 section 8.1).
 * ``alg_for(key)``: RS256 for RSA, ES256 for P-256, ES384 for P-384; anything else raises
   ``CryptoError``.
-* ``sign(key, url, nonce, payload, kid)``: one flattened JWS JSON serialization (RFC 8555
-  section 6.2) as bytes. ``payload=None`` is POST-as-GET (empty payload, section 6.3). The
-  protected header carries ``jwk`` when ``kid`` is None (newAccount, section 7.3), else ``kid``.
-* ``AccountSigner``: key + kid with the JWK, thumbprint and algorithm computed once, so a
-  request costs one signature.
+* ``AccountSigner(key, kid).sign(url, nonce, payload, use_jwk=...)``: one flattened JWS JSON
+  serialization (RFC 8555 section 6.2) as bytes, with the JWK, thumbprint and algorithm
+  computed once, so a request costs one signature. ``payload=None`` is POST-as-GET (empty
+  payload, section 6.3). The protected header carries ``jwk`` when there is no ``kid`` yet or
+  ``use_jwk`` (newAccount, section 7.3), else ``kid``.
 
 Only the standard library and ``cryptography`` are used; nothing here does I/O.
 """
@@ -156,22 +156,6 @@ def _serialize(key: AccountKey, protected: dict[str, Any], payload: dict[str, An
     signature = _signature(key, f"{protected_b64}.{payload_b64}".encode("ascii"))
     body = {"protected": protected_b64, "payload": payload_b64, "signature": b64url(signature)}
     return json.dumps(body, separators=(",", ":")).encode("ascii")
-
-
-def sign(
-    key: AccountKey,
-    url: str,
-    nonce: str,
-    payload: dict[str, Any] | None,
-    kid: str | None,
-) -> bytes:
-    """A flattened JWS for one ACME POST (RFC 8555 section 6.2)."""
-    protected: dict[str, Any] = {"alg": alg_for(key), "nonce": nonce, "url": url}
-    if kid is None:
-        protected["jwk"] = jwk(key)
-    else:
-        protected["kid"] = kid
-    return _serialize(key, protected, payload)
 
 
 class AccountSigner:

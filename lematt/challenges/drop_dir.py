@@ -20,6 +20,7 @@ import anyio
 from lematt.challenges import check_token
 from lematt.errors import ChallengeError
 from lematt.store.atomic import temp_name, write_atomic
+from lematt.store.layout import PUBLIC_MODE
 
 
 class DropDirSolver:
@@ -42,7 +43,7 @@ class DropDirSolver:
         data = key_authorization.encode()
         try:
             if self.durable:
-                await anyio.to_thread.run_sync(write_atomic, path, data, 0o644)
+                await anyio.to_thread.run_sync(write_atomic, path, data, PUBLIC_MODE)
             else:
                 tmp = temp_name(path)
                 tmp.write_bytes(data)

@@ -33,7 +33,7 @@ from lematt.config.source import (
 )
 from lematt.config.types import Settings
 from lematt.errors import ConfigError
-from lematt.model import ENDPOINT_NAMES, KeyType
+from lematt.model import CURVE_NAMES, ENDPOINT_NAMES, KeyType
 from lematt.names import validate_dns_name
 
 KNOWN_KEYS = (
@@ -64,8 +64,6 @@ KNOWN_KEYS = (
 )
 
 RSA_BITS = (2048, 3072, 4096)
-# openssl names prime256v1 and secp256r1 the same curve (P-256); Settings keeps one spelling.
-CURVES = {"prime256v1": "prime256v1", "secp256r1": "prime256v1", "secp384r1": "secp384r1"}
 KEY_TYPES: tuple[KeyType, ...] = ("rsa", "ec")
 RATE_LIMIT_ENDPOINTS = ENDPOINT_NAMES  # one list: the limiter's buckets
 
@@ -179,7 +177,7 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
 
     curve_written = get("curve", _curve_as_written)
     if curve_written is not _MISSING:
-        kw["curve"] = CURVES[str(curve_written)]
+        kw["curve"] = CURVE_NAMES[str(curve_written)]
     # The original's defaults: tags follow the bits and the curve *as written*, so an
     # existing tree of files named ...prime256v1.pem or ...secp256r1.pem is still found.
     kw.setdefault("rsa_tag", f"rsa{kw.get('key_bits_rsa', 2048)}")
@@ -278,8 +276,8 @@ def _rsa_bits(value: object) -> int:
 
 def _curve_as_written(value: object) -> str:
     curve = _string(value)
-    if curve not in CURVES:
-        raise ValueError(f"{curve!r} is not allowed; use {', '.join(CURVES)}")
+    if curve not in CURVE_NAMES:
+        raise ValueError(f"{curve!r} is not allowed; use {', '.join(CURVE_NAMES)}")
     return curve
 
 

@@ -172,7 +172,3 @@ class Config:
     config_path: Path | None = None
     domains_path: Path | None = None
     actions_path: Path | None = None
-
-    def ocsp_must_staple(self, line: CertLine) -> bool:
-        """Whether the certificate for ``line`` must request OCSP must-staple."""
-        return line.ocsp_must_staple

@@ -12,7 +12,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 TAIL_CHARS = 2000
 # How long a stopped process (a command, a remote command, a forwarder, an order process)
@@ -39,6 +39,7 @@ class CommandResult:
         return f"{self.host}: `{self.command}` {status}" + (f": {tail}" if tail else "")
 
 
+@runtime_checkable
 class Runner(Protocol):
     name: str
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import posixpath
 import re
 import secrets
 import shlex
@@ -44,6 +43,7 @@ import asyncssh
 
 from lematt.errors import RemoteError
 from lematt.execution import STOP_GRACE_SECONDS, CommandResult, UploadFile, tail
+from lematt.execution.sftp import install, reason
 from lematt.execution.ssh_config import (
     SshDestination,
     has_recorded_key,
@@ -59,17 +59,6 @@ CLOSE_TIMEOUT = 5.0  # shielded waits for channels/connections/cleanup to finish
 SESSION_LABEL = "(forced command)"  # CommandResult.command of open_session()
 _OUTPUT_LIMIT = 64 * 1024  # bytes of each stream kept (a rolling tail)
 _MARKER_WINDOW = 16 * 1024  # login-shell noise (.bashrc) tolerated before the marker
-_TEMP_INFIX = ".lematt-tmp-"
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused (is sshd listening there?)"
-    if isinstance(exc, asyncssh.Error):
-        return exc.reason or type(exc).__name__
-    if isinstance(exc, OSError) and exc.strerror:
-        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 class _Tail:
@@ -226,7 +215,7 @@ class SshPool:
             known, files = await anyio.to_thread.run_sync(load_known_hosts, dest.known_hosts)
         except (OSError, ValueError) as exc:
             raise RemoteError(f"{who}: cannot read known_hosts "
-                              f"{', '.join(dest.known_hosts)}: {_reason(exc)}") from exc
+                              f"{', '.join(dest.known_hosts)}: {reason(exc)}") from exc
         try:
             # The asyncssh timeout covers TCP + handshake + auth; ours is only a backstop.
             with anyio.fail_after(self.connect_timeout + CLOSE_TIMEOUT):
@@ -243,15 +232,15 @@ class SshPool:
             # key types fails key exchange instead of verification: a changed key too.
             if has_recorded_key(dest, known):
                 raise RemoteError(f"{who}: {host_key_problem(dest, known, files)}") from exc
-            raise RemoteError(f"{who}: key exchange failed: {_reason(exc)}") from exc
+            raise RemoteError(f"{who}: key exchange failed: {reason(exc)}") from exc
         except asyncssh.PermissionDenied as exc:
-            raise RemoteError(f"{who}: login as {dest.user} refused ({_reason(exc)}); check "
+            raise RemoteError(f"{who}: login as {dest.user} refused ({reason(exc)}); check "
                               "IdentityFile and the host's authorized_keys") from exc
         except TimeoutError as exc:
             raise RemoteError(f"{who}: no SSH connection within "
                               f"{self.connect_timeout:.0f} s (timed out)") from exc
         except (asyncssh.Error, OSError, ValueError) as exc:
-            raise RemoteError(f"{who}: cannot connect: {_reason(exc)}") from exc
+            raise RemoteError(f"{who}: cannot connect: {reason(exc)}") from exc
 
 
 class SshRunner:
@@ -278,7 +267,7 @@ class SshRunner:
             proc = await conn.create_process(wire, encoding=None, stdout=out, stderr=err)
         except (asyncssh.Error, OSError) as exc:
             raise RemoteError(f"{self.name}: cannot start `{command or SESSION_LABEL}`: "
-                              f"{_reason(exc)}") from exc
+                              f"{reason(exc)}") from exc
         return conn, proc
 
     async def _execute(self, command: str | None, timeout: float | None) -> CommandResult:
@@ -320,7 +309,7 @@ class SshRunner:
                     await proc.stdin.drain()
                 except (asyncssh.Error, OSError) as exc:
                     raise RemoteError(f"{self.name}: cannot send input to `{command}`: "
-                                      f"{_reason(exc)}") from exc
+                                      f"{reason(exc)}") from exc
             yield RemoteProcess(proc, out, err)
         finally:
             with anyio.CancelScope(shield=True):
@@ -370,77 +359,15 @@ class SshRunner:
         with anyio.move_on_after(limit):
             with self._errors(f"SFTP session for {remote_dir}"):
                 async with conn.start_sftp_client() as sftp:
-                    await self._install(sftp, files, remote_dir)
+                    await install(sftp, files, remote_dir, self.name)
             done = True
         if not done:
             raise RemoteError(f"{self.name}: upload to {remote_dir} timed out after "
                               f"{limit:.0f} s")
-
-    async def _install(self, sftp: asyncssh.SFTPClient, files: Sequence[UploadFile],
-                       remote_dir: str) -> None:
-        token = secrets.token_hex(4)
-        pending: list[str] = []  # temporary names that may exist remotely
-        try:
-            staged = []
-            for item in files:
-                final = posixpath.join(remote_dir, item.name)
-                temp = posixpath.join(remote_dir, f".{item.name}{_TEMP_INFIX}{token}")
-                pending.append(temp)
-                await self._stage(sftp, item, temp)
-                staged.append((temp, final))
-            for temp, final in staged:
-                await self._commit(sftp, temp, final)
-                pending.remove(temp)
-        finally:
-            if pending:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-                    for temp in pending:
-                        with contextlib.suppress(asyncssh.Error, OSError):
-                            await sftp.remove(temp)
-
-    async def _stage(self, sftp: asyncssh.SFTPClient, item: UploadFile, temp: str) -> None:
-        if item.symlink_target is not None:
-            with self._errors(f"creating symlink {temp} -> {item.symlink_target}"):
-                await sftp.symlink(item.symlink_target, temp)
-            return
-        try:
-            data = await anyio.Path(item.local).read_bytes()
-        except OSError as exc:
-            raise RemoteError(f"{self.name}: cannot read local file {item.local} for upload: "
-                              f"{_reason(exc)}") from exc
-        with self._errors(f"writing {temp}"):
-            # Exclusive create, owner-only until complete: a key is never briefly readable.
-            async with sftp.open(temp, "xb", asyncssh.SFTPAttrs(permissions=0o600)) as remote:
-                await remote.write(data)
-                await remote.chmod(item.mode)  # explicit: the server's umask shaped the create
-                with contextlib.suppress(asyncssh.SFTPOpUnsupported):
-                    await remote.fsync()
-
-    async def _commit(self, sftp: asyncssh.SFTPClient, temp: str, final: str) -> None:
-        with self._errors(f"renaming {temp} to {final}"):
-            try:
-                await sftp.posix_rename(temp, final)
-                return
-            except asyncssh.SFTPOpUnsupported:
-                pass
-            # SFTPv3 without the OpenSSH extension: plain rename refuses to replace, so move
-            # the old file aside first and put it back if the new one cannot take its place.
-            if not await sftp.exists(final):
-                await sftp.rename(temp, final)
-                return
-            aside = f"{temp}-old"
-            await sftp.rename(final, aside)
-            try:
-                await sftp.rename(temp, final)
-            except asyncssh.SFTPError:
-                with anyio.CancelScope(shield=True):
-                    await sftp.rename(aside, final)
-                raise
-            await sftp.remove(aside)
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
         try:
             yield
         except (asyncssh.Error, OSError) as exc:
-            raise RemoteError(f"{self.name}: {doing}: {_reason(exc)}") from exc
+            raise RemoteError(f"{self.name}: {doing}: {reason(exc)}") from exc

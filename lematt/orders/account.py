@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 from lematt.errors import StoreError
 from lematt.orders.context import OrderEnv
 from lematt.store.atomic import write_atomic
+from lematt.store.layout import KEY_MODE
 
 if TYPE_CHECKING:
     from lematt import crypto
@@ -64,7 +65,7 @@ def load_or_create_account_key(path: Path, announce: Callable[[str], None]) -> c
         data = crypto.generate_private_pem("ec", curve="prime256v1")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, data, 0o600)
+            write_atomic(path, data, KEY_MODE)
         except OSError as exc:
             raise StoreError(f"accountKey {path}: cannot create it: {exc}") from exc
         announce(f"created a new ACME account key (EC P-256) at {path}")
@@ -107,7 +108,7 @@ class AccountBook:
         body = json.dumps({"version": BOOK_VERSION, "accounts": entries}, indent=2,
                           sort_keys=True) + "\n"
         try:
-            write_atomic(self.path, body.encode(), 0o600)
+            write_atomic(self.path, body.encode(), KEY_MODE)
         except OSError as exc:
             raise StoreError(f"cannot record the ACME account URL in {self.path}: {exc}; "
                              "check that its directory is writable") from exc

@@ -69,7 +69,7 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(target: Path, data: bytes, mode: int = 0o644) -> None:
+def write_atomic(target: Path, data: bytes, mode: int) -> None:
     tmp = write_temp(target, data, mode)
     try:
         os.replace(tmp, target)

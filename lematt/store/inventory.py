@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from lematt.errors import CryptoError, StoreError
 from lematt.model import CertInfo, CertLine, Found, KeyType
 from lematt.store.atomic import read_bytes, write_atomic
+from lematt.store.layout import PUBLIC_MODE
 from lematt.store.tree import Store
 
 INDEX_NAME = ".inventory"
@@ -148,7 +149,7 @@ class Index:
         body = "\n".join("\t".join(fields) for fields in self.entries.values())
         with contextlib.suppress(OSError):
             write_atomic(self.path, f"lematt-inventory {INDEX_VERSION}\n{body}\n".encode(),
-                         0o644)
+                         PUBLIC_MODE)
 
 
 def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ...]

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lematt.store.atomic import fsync_dir, write_all
+from lematt.store.layout import PUBLIC_MODE
 
 MAGIC = b"lematt-journal-1"
 
@@ -34,7 +35,8 @@ class Journal:
     def create(self) -> None:
         """Make the (empty) journal file exist durably; nothing if it already does."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         PUBLIC_MODE)
         except FileExistsError:
             return
         try:

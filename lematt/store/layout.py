@@ -10,7 +10,8 @@ Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only i
 ``<stem>`` is ``names.file_stem`` of the line; ``<tag>`` is rsaTag or curveTag.
 
 Contract: pure naming, no I/O: ``Layout(settings, test=...)`` maps (line, key type) to paths;
-``KEY_MODE`` and ``PUBLIC_MODE`` are the modes lematt gives private and public files.
+``KEY_MODE``, ``PUBLIC_MODE`` and ``PRIVATE_DIR_MODE`` are the modes lematt gives its files
+and private directories (explicit, never the umask's).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 from lematt.config import Settings
 from lematt.model import CertLine, KeyType
 
-KEY_MODE = 0o600
-PUBLIC_MODE = 0o644
+KEY_MODE = 0o600  # private keys and lematt's private records, from the first byte
+PUBLIC_MODE = 0o644  # certificates, CSRs, challenge files
+PRIVATE_DIR_MODE = 0o700  # key/, .staging/
 
 
 @dataclass(frozen=True)

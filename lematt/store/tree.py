@@ -31,7 +31,7 @@ from lematt.errors import LockError, StoreError
 from lematt.model import CertLine, KeyType
 from lematt.store.atomic import fsync_dir, symlink_atomic, write_temp
 from lematt.store.journal import Journal
-from lematt.store.layout import KEY_MODE, PUBLIC_MODE, CertPaths, Layout
+from lematt.store.layout import KEY_MODE, PRIVATE_DIR_MODE, PUBLIC_MODE, CertPaths, Layout
 from lematt.store.pending import PendingDeploys
 
 
@@ -70,10 +70,10 @@ class Store:
             for sub in ("key", "csr", "cert"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
             # Keys live here: keep the directory itself private too.
-            os.chmod(self.root / "key", 0o700)
+            os.chmod(self.root / "key", PRIVATE_DIR_MODE)
             self.journal_dir.mkdir(exist_ok=True)
             self.journal.create()
-            self.staging_dir.mkdir(mode=0o700, exist_ok=True)
+            self.staging_dir.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the certificate tree {self.root}: {exc}") from exc
 
@@ -84,7 +84,7 @@ class Store:
         process while they still store)."""
         path = self.settings.conf_dir / ".lematt.lock"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, KEY_MODE)
         except OSError as exc:
             raise StoreError(f"cannot open the lock file {path}: {exc}") from exc
         try:
