@@ -27,7 +27,7 @@ from benchcommon import REPO, lematt_env
 
 from lematt import config as config_mod
 from lematt import crypto
-from lematt.store import Store
+from lematt.store.tree import Store
 from tests.certs import LocalCA
 
 
