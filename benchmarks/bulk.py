@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchcommon import REPO, cpu_seconds, lematt_env
 
-from tests.rig import PebbleRig, start_pebble
+from lematt.testing.pebble import PebbleRig, start_pebble
 
 # Let's Encrypt's per-endpoint limits (lematt's defaults) would cap a local Pebble at about
 # 25 certificates/s; this CA is ours, so the benchmark lifts them unless --le-limits.

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from benchcommon import REPO, lematt_env
 
-from tests.rig import start_pebble
-from tests.sshd_rig import ClientKit, start_sshd
+from lematt.testing.pebble import start_pebble
+from lematt.testing.sshd import ClientKit, start_sshd
 
 SSHD_PORT = 2222
 

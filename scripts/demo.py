@@ -15,10 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from lematt.testing.pebble import start_pebble
 
-from tests.rig import start_pebble  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:

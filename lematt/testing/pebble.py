@@ -11,7 +11,8 @@ startup failure raises :class:`RigError` with the tail of both logs, after stopp
 had started. :class:`StaticChallengeServer` is a threaded stdlib HTTP server that serves the
 files of a directory at ``/.well-known/acme-challenge/<file>`` and 404s everything else.
 
-This module imports no pytest: ``tests/conftest.py``, ``benchmarks/`` and demo scripts share it.
+This module imports no pytest: ``tests/e2e/conftest.py``, ``benchmarks/`` and demo scripts share
+it.
 
 Pebble 2.4 facts the rig relies on (Debian package ``pebble`` 2.4.0)
 ---------------------------------------------------------------------

@@ -21,7 +21,7 @@ from lematt.config import (
 )
 from lematt.errors import ConfigError
 
-REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 MINIMAL = "[config]\naccountKey: account.key\nchallengeDropDir: challenges\n"
 MINIMAL_YAML = "accountKey: account.key\nchallengeDropDir: challenges\n"

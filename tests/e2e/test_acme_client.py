@@ -1,5 +1,5 @@
-"""AcmeClient and obtain() against a real Pebble (tests/rig.py), plus fakes only where no real
-peer can produce the case (a CA answering 429/503 with Retry-After).
+"""AcmeClient and obtain() against a real Pebble (lematt.testing.pebble), plus fakes only where
+no real peer can produce the case (a CA answering 429/503 with Retry-After).
 
 The session Pebble keeps its default 5 % badNonce rejection, so the retry path runs in every
 test here. A second Pebble (module scope, its own ports) rejects 40 % of nonces and always
@@ -27,8 +27,8 @@ from lematt.acme.client import AcmeClient, parse_retry_after
 from lematt.acme.jws import AccountKey
 from lematt.acme.order import ChallengeSolver, obtain
 from lematt.errors import AcmeError, AcmeProblem, ChallengeError
-from tests.conftest import ChallengeDrop
-from tests.rig import LOOPBACK, PebbleRig, StaticChallengeServer, start_pebble
+from lematt.testing.pebble import LOOPBACK, PebbleRig, StaticChallengeServer, start_pebble
+from tests.e2e.conftest import ChallengeDrop
 
 DEADLINE = 60.0  # seconds for one order; Pebble with PEBBLE_VA_NOSLEEP needs well under 1 s
 

@@ -1,4 +1,4 @@
-"""SSH execution layer against real OpenSSH sshd on loopback (tests/sshd_rig.py).
+"""SSH execution layer against real OpenSSH sshd on loopback (lematt.testing.sshd).
 
 Each sshd listens on its own 127.0.0.N (one address = one host). Tests assert results and
 order only; waits for a remote condition are bounded polls, never sleeps used as sync.
@@ -25,9 +25,9 @@ from lematt.errors import ConfigError, RemoteError
 from lematt.execution import ssh
 from lematt.execution.ssh import SESSION_LABEL, SshPool, UploadFile
 from lematt.execution.ssh_config import SshDestination
-from tests import sshd_rig
-from tests.conftest import SSHD_PORT, SshdHostFactory
-from tests.sshd_rig import ClientKit, make_ed25519_key
+from lematt.testing import sshd as sshd_rig
+from lematt.testing.sshd import ClientKit, make_ed25519_key
+from tests.e2e.conftest import SSHD_PORT, SshdHostFactory
 
 TIMEOUT = 30.0  # command timeout for commands that should finish at once
 POLL_LIMIT = 10.0  # seconds a bounded poll may take before the test fails

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PORT_OFFSET, ChallengeDrop, MakeConf
-from tests.rig import LOOPBACK, PebbleRig, RigError, StaticChallengeServer, start_pebble
+from lematt.testing.pebble import LOOPBACK, PebbleRig, RigError, StaticChallengeServer, start_pebble
+from tests.e2e.conftest import PORT_OFFSET, ChallengeDrop, MakeConf
 
 
 def _opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:

@@ -13,9 +13,9 @@ from lematt.config import CertLine
 from lematt.inventory import Found
 from lematt.plan import Job
 from lematt.shards import deal
-from tests.conftest import REPO_ROOT, ChallengeDrop, MakeConf, RunLematt
-from tests.rig import PebbleRig
-from tests.test_run import assert_pair, tree
+from lematt.testing.pebble import PebbleRig
+from tests.e2e.conftest import REPO_ROOT, ChallengeDrop, MakeConf, RunLematt
+from tests.e2e.test_run import assert_pair, tree
 
 
 def test_jobs_are_dealt_in_whole_lines() -> None:

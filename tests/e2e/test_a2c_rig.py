@@ -23,10 +23,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from tests import a2c_rig
-from tests.a2c_rig import A2C_VERSION, A2cRig, start_acme2certifier
-from tests.conftest import A2C_PORT
-from tests.rig import LOOPBACK, PebbleRig, RigError
+from lematt.testing import acme2certifier as a2c_rig
+from lematt.testing.acme2certifier import A2C_VERSION, A2cRig, start_acme2certifier
+from lematt.testing.pebble import LOOPBACK, PebbleRig, RigError
+from tests.e2e.conftest import A2C_PORT
 
 # The session rig has A2C_PORT (14500 + offset); tests that start their own take the next one.
 SECOND_PORT = A2C_PORT + 1

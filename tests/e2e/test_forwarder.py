@@ -29,7 +29,7 @@ import pytest
 import forwarder
 from forwarder import leforward
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 PROGRAM = REPO_ROOT / "forwarder" / "leforward.py"
 HOST = "127.0.0.4"
 BASE = "http://127.0.0.1:5002"

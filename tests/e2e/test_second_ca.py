@@ -1,4 +1,5 @@
-"""End to end against a second, independent CA: acme2certifier (``tests/a2c_rig.py``).
+"""End to end against a second, independent CA: acme2certifier
+(``lematt.testing.acme2certifier``).
 
 It answers what Pebble answers differently: a known account key gets 200 with the body ``{}``,
 challenges and finalize are answered synchronously, and it validates http-01 on port 80 of
@@ -15,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.a2c_rig import A2cRig
-from tests.conftest import MakeConf, RunLematt
-from tests.rig import PebbleRig
-from tests.test_run import assert_pair, san, tree
+from lematt.testing.acme2certifier import A2cRig
+from lematt.testing.pebble import PebbleRig
+from tests.e2e.conftest import MakeConf, RunLematt
+from tests.e2e.test_run import assert_pair, san, tree
 
 LISTEN = "127.0.0.40"
 NAMES = ("a2c-one.second.test", "a2c-two.second.test", "www.a2c-two.second.test",

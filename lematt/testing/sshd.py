@@ -17,7 +17,8 @@ startup failure raises :class:`RigError` with the tail of the sshd log.
 file and an OpenSSH client config file, all under one directory, rewritten whole on each
 change so that a session-wide kit can follow rigs that come and go with new host keys.
 
-This module imports no pytest: ``tests/conftest.py``, ``benchmarks/`` and demo scripts share it.
+This module imports no pytest: ``tests/e2e/conftest.py``, ``benchmarks/`` and demo scripts share
+it.
 
 OpenSSH facts the rig relies on (Debian 12, OpenSSH 9.2)
 --------------------------------------------------------
@@ -298,7 +299,7 @@ class SshdRig:
 def _sshd_config(rig: SshdRig, host_key_path: Path, extra_config: str) -> str:
     workdir = rig.workdir
     return f"""\
-# Written by tests/sshd_rig.py: a throwaway sshd for one loopback "host".
+# Written by lematt.testing.sshd: a throwaway sshd for one loopback "host".
 ListenAddress {_host_port(rig.address, rig.port)}
 HostKey {host_key_path}
 PidFile {workdir / "sshd.pid"}

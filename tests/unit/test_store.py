@@ -16,7 +16,7 @@ from lematt.errors import LockError, StoreError
 from lematt.inventory import scan_one
 from lematt.journal import Journal
 from lematt.store import CertPaths, NewPair, Store
-from tests.certs import LocalCA
+from lematt.testing.certs import LocalCA
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
