@@ -150,6 +150,14 @@ def run_lematt() -> RunLematt:
             stdout, stderr = proc.communicate(timeout=10)
             pytest.fail(f"lematt {' '.join(argv[3:])} did not finish within {timeout:.0f} s\n"
                         f"--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}")
+        except BaseException:
+            # pytest-timeout's per-test limit (or Ctrl-C) interrupts communicate(): lematt's
+            # group must not outlive the test then either.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+            raise
         return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     return run
@@ -235,6 +243,17 @@ def sshd_host(ssh_client_kit: ClientKit,
 from lematt.testing.acme2certifier import A2cRig, start_acme2certifier  # noqa: E402
 
 A2C_PORT = 14500 + PORT_OFFSET
+
+
+def port80_address(host: int) -> str:
+    """The loopback address 127.X.Y.``host`` for a responder on port 80, X.Y from the offset.
+
+    Port 80 is the one port the offset cannot move: acme2certifier validates http-01 on port
+    80 of the name's address and has no setting to change that. So the address moves instead:
+    offset 0 gives 127.0.0.``host``, and suites with different offsets listen on different
+    addresses (all of 127.0.0.0/8 is loopback) instead of taking each other's port 80.
+    """
+    return f"127.{(PORT_OFFSET >> 8) & 0xFF}.{PORT_OFFSET & 0xFF}.{host}"
 
 
 @pytest.fixture(scope="session")

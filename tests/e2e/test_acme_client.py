@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
-from lematt.acme.client import AcmeClient, parse_retry_after
+from lematt.acme.client import AcmeClient
 from lematt.acme.jws import AccountKey
 from lematt.acme.order import ChallengeSolver, obtain
 from lematt.errors import AcmeError, AcmeProblem, ChallengeError
@@ -404,13 +404,3 @@ async def test_long_retry_after_is_not_waited_for() -> None:
     assert info.value.status == 429
     assert "retry after 3600 s" in str(info.value)
     assert ca.hits["acct"] == 1
-
-
-def test_parse_retry_after_seconds_and_http_date() -> None:
-    assert parse_retry_after("120") == 120.0
-    now = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example date)
-    assert parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now=now) == 30.0
-    assert parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now=now) == 0.0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("-5") is None
