@@ -36,7 +36,7 @@ from typing import Any
 import pytest
 import yaml as pyyaml
 
-from lematt.testing.pebble import PebbleRig, StaticChallengeServer, start_pebble
+from lematt.testing.pebble import PebbleRig, StaticChallengeServer, pebble_ports, start_pebble
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Added to every rig port, so two developers on one machine can run the suite at the same time
@@ -59,10 +59,7 @@ RunLematt = Callable[..., "subprocess.CompletedProcess[str]"]
 
 @pytest.fixture(scope="session")
 def pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PebbleRig]:
-    o = PORT_OFFSET
-    rig = start_pebble(tmp_path_factory.mktemp("pebble"), acme_port=14000 + o,
-                       management_port=15000 + o, http_port=5002 + o, tls_port=5001 + o,
-                       dns_port=8053 + o, challtestsrv_port=8055 + o)
+    rig = start_pebble(tmp_path_factory.mktemp("pebble"), **pebble_ports(PORT_OFFSET))
     try:
         yield rig
     finally:

@@ -27,7 +27,13 @@ from lematt.acme.client import AcmeClient
 from lematt.acme.jws import AccountKey
 from lematt.acme.order import ChallengeSolver, obtain
 from lematt.errors import AcmeError, AcmeProblem, ChallengeError
-from lematt.testing.pebble import LOOPBACK, PebbleRig, StaticChallengeServer, start_pebble
+from lematt.testing.pebble import (
+    LOOPBACK,
+    PebbleRig,
+    StaticChallengeServer,
+    free_ports,
+    start_pebble,
+)
 from tests.e2e.conftest import ChallengeDrop
 
 DEADLINE = 60.0  # seconds for one order; Pebble with PEBBLE_VA_NOSLEEP needs well under 1 s
@@ -103,23 +109,10 @@ async def _order(client: AcmeClient, names: list[str], solver: ChallengeSolver) 
     _assert_chain(pem, names, key)
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((LOOPBACK, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def strict_pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PebbleRig, Path]]:
     """A second Pebble: 40 % badNonce, valid authorizations always reused; own drop dir."""
-    acme, mgmt, http, tls, dns, cts = _free_ports(6)
+    acme, mgmt, http, tls, dns, cts = free_ports(6)
     work = tmp_path_factory.mktemp("strict-pebble")
     drop = work / "drop"
     drop.mkdir()
@@ -297,7 +290,7 @@ async def test_untrusted_ca_certificate(pebble: PebbleRig) -> None:
 
 @pytest.mark.anyio
 async def test_unreachable_ca_names_the_url() -> None:
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     url = f"https://{LOOPBACK}:{port}/dir"
     with pytest.raises(AcmeError, match=re.escape(f"cannot connect to the CA at {url}")):
         async with AcmeClient.open(url, _account_key()):
