@@ -39,6 +39,7 @@ import contextlib
 import getpass
 import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -50,6 +51,8 @@ from typing import IO
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from lematt.testing import RUN_ID_ENV
+
 SSHD = "/usr/sbin/sshd"  # Debian's path; sshd must be started by absolute path (re-exec)
 PRIVSEP_DIR = Path("/run/sshd")
 
@@ -57,6 +60,7 @@ _POLL_INTERVAL = 0.05  # seconds between readiness probes
 _PROBE_TIMEOUT = 1.0  # per-probe socket timeout, so one hung probe cannot eat the budget
 _STOP_TIMEOUT = 5.0  # after SIGTERM and again after SIGKILL
 _LOG_TAIL_LINES = 30
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class RigError(RuntimeError):
@@ -315,8 +319,23 @@ X11Forwarding no
 PrintMotd no
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
-{extra_config}
+{_run_id_setting()}{extra_config}
 """
+
+
+def _run_id_setting() -> str:
+    """``SetEnv`` passing ``$LEMATT_TEST_RUN_ID`` on to sessions, or nothing when it is unset.
+
+    sshd gives every session a fresh environment; without this, a process started over SSH
+    (a forwarder lematt runs on a "remote" host) would not carry the run id that marks every
+    other process of the run, and a leftover check (.ci/run) could not tell it is the suite's.
+    """
+    run_id = os.environ.get(RUN_ID_ENV)
+    if not run_id:
+        return ""
+    if not _RUN_ID_RE.fullmatch(run_id):  # one sshd_config word, no quoting needed
+        raise ValueError(f"{RUN_ID_ENV}={run_id!r}: use letters, digits, '.', '_', '-' only")
+    return f"SetEnv {RUN_ID_ENV}={run_id}\n"
 
 
 def _host_port(address: str, port: int) -> str:

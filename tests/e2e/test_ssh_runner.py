@@ -26,6 +26,7 @@ from lematt.errors import RemoteError
 from lematt.execution import ssh
 from lematt.execution.ssh import SESSION_LABEL, SshPool, UploadFile
 from lematt.execution.ssh_config import SshDestination
+from lematt.testing import RUN_ID_ENV
 from lematt.testing.sshd import ClientKit, make_ed25519_key
 from tests.e2e.conftest import SSHD_PORT, SshdHostFactory
 
@@ -192,6 +193,22 @@ async def test_rig_stop_ends_live_sessions(sshd_host: SshdHostFactory,
             assert not _pids_with(marker)
             assert not Path(f"/proc/{listener}").exists()
         # The dead connection makes the background exit and the pool close quietly.
+
+
+@pytest.mark.anyio
+async def test_rig_passes_the_run_id_on_to_sessions(
+        sshd_host: SshdHostFactory, ssh_client_kit: ClientKit,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # sshd starts sessions with a fresh environment; .ci/run finds the suite's leftover
+    # processes (a forwarder started over SSH among them) by this variable. Keep the value a
+    # CI run has already set, so this test's sshd stays recognisable as the suite's.
+    run_id = os.environ.get(RUN_ID_ENV) or f"rig-run-{secrets.token_hex(4)}"
+    monkeypatch.setenv(RUN_ID_ENV, run_id)
+    host = sshd_host("127.0.0.2")
+    async with SshPool() as pool:
+        result = await pool.runner(_destination(ssh_client_kit, host.alias)).run(
+            f'printf %s "${RUN_ID_ENV}"', timeout=TIMEOUT)
+    assert result.stdout == run_id
 
 
 @pytest.mark.anyio

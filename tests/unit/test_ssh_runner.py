@@ -1,6 +1,6 @@
 """SSH destinations and config without a server: parsing, ``ssh_config`` resolution, what is
-refused before any connection, and the sshd rig's missing-binary message (against real sshd
-on loopback: tests/e2e/test_ssh_runner.py)."""
+refused before any connection; the sshd rig's missing-binary message and run-id setting
+(against real sshd on loopback: tests/e2e/test_ssh_runner.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from lematt.errors import ConfigError, RemoteError
 from lematt.execution.ssh import SshPool
 from lematt.execution.ssh_config import SshDestination
+from lematt.testing import RUN_ID_ENV
 from lematt.testing import sshd as sshd_rig
 
 
@@ -76,3 +77,13 @@ def test_missing_sshd_says_how_to_install(tmp_path: Path,
     with pytest.raises(RuntimeError, match="apt-get install openssh-server"):
         # No port: the missing binary stops it before anything would listen.
         sshd_rig.start_sshd(tmp_path, "127.0.0.2")
+
+
+def test_sshd_rig_passes_a_plain_run_id_on_to_sessions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(RUN_ID_ENV, raising=False)
+    assert sshd_rig._run_id_setting() == ""
+    monkeypatch.setenv(RUN_ID_ENV, "ci-123-4567")
+    assert sshd_rig._run_id_setting() == f"SetEnv {RUN_ID_ENV}=ci-123-4567\n"
+    monkeypatch.setenv(RUN_ID_ENV, "two words")  # would need quoting in sshd_config
+    with pytest.raises(ValueError, match=RUN_ID_ENV):
+        sshd_rig._run_id_setting()
