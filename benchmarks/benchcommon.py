@@ -1,14 +1,15 @@
-"""What the benchmark scripts share: where the repository is, how lematt is run, CPU time."""
+"""What the benchmark scripts share: where the repository is, how lematt is run, CPU time.
+
+The benchmarks import lematt and its rigs (``lematt.testing``) as an installed package
+(``pip install -e .`` in the checkout, as the quick start does) and nothing from ``tests/``.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # for tests.rig / tests.sshd_rig / lematt from a checkout
+REPO = Path(__file__).resolve().parent.parent  # the working directory of the lematt runs
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from benchcommon import REPO, cpu_seconds, lematt_env
 
-from tests.rig import PebbleRig, start_pebble
+from lematt.testing.pebble import PebbleRig, pebble_ports, start_pebble
 
 # Let's Encrypt's per-endpoint limits (lematt's defaults) would cap a local Pebble at about
 # 25 certificates/s; this CA is ours, so the benchmark lifts them unless --le-limits.
@@ -87,10 +87,7 @@ def one_run(lines: int, parallel: int, key_types: str, args: argparse.Namespace,
             work: Path) -> list[dict[str, object]]:
     """One fresh Pebble: the issuing run, and with ``--renew`` a second run in which every
     certificate is due again (same account, same files: a mass renewal)."""
-    o = args.port_offset
-    with start_pebble(work / "pebble", acme_port=14000 + o, management_port=15000 + o,
-                      http_port=5002 + o, tls_port=5001 + o, dns_port=8053 + o,
-                      challtestsrv_port=8055 + o) as pebble:
+    with start_pebble(work / "pebble", **pebble_ports(args.port_offset)) as pebble:
         conf = write_conf(work / "conf", lines, key_types, pebble,
                           None if args.le_limits else LIFTED_LIMITS)
         results = [measure("issue", conf, pebble, lines, parallel, key_types, args, work)]

@@ -5,7 +5,10 @@ reload command (``sleep 0.1``, standing in for a service reload). Prints the dep
 time next to the sum and the maximum of the per-host times (from ``--json``); with hosts in
 parallel the wall time should be close to the slowest host, not to the sum. Asserts nothing.
 
-    python3 benchmarks/fanout.py [--hosts 20] [--lines 5]
+    python3 benchmarks/fanout.py [--hosts 20] [--lines 5] [--port-offset N]
+
+``--port-offset N`` moves Pebble's ports and the sshd port (2222) by N, as the test suite's
+LEMATT_TEST_PORT_OFFSET does, so the benchmark can run beside a suite.
 """
 
 from __future__ import annotations
@@ -21,8 +24,8 @@ from pathlib import Path
 
 from benchcommon import REPO, lematt_env
 
-from tests.rig import start_pebble
-from tests.sshd_rig import ClientKit, start_sshd
+from lematt.testing.pebble import pebble_ports, start_pebble
+from lematt.testing.sshd import ClientKit, start_sshd
 
 SSHD_PORT = 2222
 
@@ -31,15 +34,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hosts", type=int, default=20)
     ap.add_argument("--lines", type=int, default=5)
+    ap.add_argument("--port-offset", type=int, default=0,
+                    help="added to Pebble's ports and to the sshd port")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="lematt-fanout-") as tmp, ExitStack() as stack:
         work = Path(tmp)
         kit = ClientKit.create(work / "client")
-        pebble = stack.enter_context(start_pebble(work / "pebble"))
+        pebble = stack.enter_context(start_pebble(work / "pebble",
+                                                  **pebble_ports(args.port_offset)))
         uploads, keys, updates = [], [], []
         for i in range(args.hosts):
             address = f"127.0.0.{10 + i}"
-            rig = stack.enter_context(start_sshd(work / f"sshd-{i}", address, SSHD_PORT,
+            rig = stack.enter_context(start_sshd(work / f"sshd-{i}", address,
+                                                 SSHD_PORT + args.port_offset,
                                                  authorized_keys=[kit.public_line]))
             kit.add_known_host(address, rig.port, rig.host_key)
             alias = kit.add_alias(f"h{i}", address, rig.port)

@@ -28,7 +28,7 @@ from benchcommon import REPO, lematt_env
 from lematt import config as config_mod
 from lematt import crypto
 from lematt.store.tree import Store
-from tests.certs import LocalCA
+from lematt.testing.certs import LocalCA
 
 
 def build(conf_dir: Path, lines: int) -> None:

@@ -1,10 +1,11 @@
 """Demo: lematt's main job against a local Pebble CA on loopback, started and stopped here.
 
 It starts Pebble (with pebble-challtestsrv as its DNS, so every example name resolves to
-127.0.0.1), writes a conf dir under ./demo-run/ that uses the example ``conf/domains`` and
-lematt's built-in challenge server (``challengeListen``), runs ``python -m lematt --test``
-twice - the first run issues RSA and EC certificates for every line, the second finds them
-current - prints where the files are, and stops Pebble again.
+127.0.0.1) on free loopback ports, writes a conf dir under ./demo-run/ that uses the example
+``conf/domains`` and lematt's built-in challenge server (``challengeListen``), runs ``python -m
+lematt --test`` twice - the first run issues RSA and EC certificates for every line, the second
+finds them current - prints where the files are, and stops Pebble again. lematt must be
+importable (scripts/demo.sh installs it into .venv).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from lematt.testing.pebble import free_pebble_ports, start_pebble
 
-from tests.rig import start_pebble  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> int:
@@ -27,8 +27,11 @@ def main() -> int:
     run_dir.mkdir()
     shutil.copy(REPO / "conf" / "domains", run_dir / "domains")
     with tempfile.TemporaryDirectory(prefix="lematt-demo-pebble-") as work:
-        print("starting a local Pebble CA on 127.0.0.1:14000 ...", flush=True)
-        with start_pebble(Path(work)) as pebble:
+        # Free ports, not Pebble's usual 14000 and friends: a test suite or another Pebble
+        # on this machine may hold those.
+        ports = free_pebble_ports()
+        print(f"starting a local Pebble CA on 127.0.0.1:{ports['acme_port']} ...", flush=True)
+        with start_pebble(Path(work), **ports) as pebble:
             (run_dir / "lematt.conf").write_text(
                 "[config]\n"
                 f"directoryTest: {pebble.directory_url}\n"

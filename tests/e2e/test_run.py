@@ -16,8 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from lematt import crypto
-from tests.conftest import REPO_ROOT, ChallengeDrop, MakeConf, RunLematt
-from tests.rig import PebbleRig
+from lematt.testing.pebble import PebbleRig
+from tests.e2e.conftest import REPO_ROOT, ChallengeDrop, MakeConf, RunLematt
 
 
 def tree(conf: Path, mode: str = "test") -> dict[str, Path]:

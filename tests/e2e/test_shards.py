@@ -1,4 +1,5 @@
-"""--processes: one run's orders spread over order processes, against the real Pebble."""
+"""--processes: one run's orders spread over order processes, against the real Pebble (how
+jobs are dealt out: tests/unit/test_shards.py)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from lematt.acme.limits import RequestRateLimiter
-from lematt.model import CertLine, Found, Job
-from lematt.orders.processes import deal
-from tests.conftest import REPO_ROOT, ChallengeDrop, MakeConf, RunLematt
-from tests.rig import PebbleRig
-from tests.test_run import assert_pair, tree
-
-
-def test_jobs_are_dealt_in_whole_lines() -> None:
-    jobs = [Job(CertLine(n, (f"l{n}.example.com",)), kt, "missing", Found(None))
-            for n in range(1, 6) for kt in ("rsa", "ec")]
-    groups = deal(jobs, 2)
-    assert [sorted({j.line.lineno for j in g}) for g in groups] == [[1, 3, 5], [2, 4]]
-    assert all(len(g) == 2 * len({j.line.lineno for j in g}) for g in groups)
-    assert len(deal(jobs[:2], 4)) == 1  # never an order process without jobs
-
-
-def test_order_processes_split_the_rate_limits() -> None:
-    whole = RequestRateLimiter({"newOrder": 10, "*": 100})
-    half = RequestRateLimiter({"newOrder": 10, "*": 100}, share=0.5)
-    assert half.rate("newOrder").per_second == whole.rate("newOrder").per_second / 2
-    assert half.rate("anything").burst == whole.rate("anything").burst / 2
+from lematt.testing.pebble import PebbleRig
+from tests.e2e.conftest import REPO_ROOT, ChallengeDrop, MakeConf, RunLematt
+from tests.e2e.test_run import assert_pair, tree
 
 
 def test_sharded_run_issues_every_certificate_and_one_failure_stays_one(

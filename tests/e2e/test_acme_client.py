@@ -1,5 +1,5 @@
-"""AcmeClient and obtain() against a real Pebble (tests/rig.py), plus fakes only where no real
-peer can produce the case (a CA answering 429/503 with Retry-After).
+"""AcmeClient and obtain() against a real Pebble (lematt.testing.pebble), plus fakes only where
+no real peer can produce the case (a CA answering 429/503 with Retry-After).
 
 The session Pebble keeps its default 5 % badNonce rejection, so the retry path runs in every
 test here. A second Pebble (module scope, its own ports) rejects 40 % of nonces and always
@@ -26,10 +26,15 @@ from cryptography.x509.oid import NameOID
 from lematt.acme.client import AcmeClient
 from lematt.acme.jws import AccountKey
 from lematt.acme.order import ChallengeSolver, obtain
-from lematt.acme.transport import parse_retry_after
 from lematt.errors import AcmeError, AcmeProblem, ChallengeError
-from tests.conftest import ChallengeDrop
-from tests.rig import LOOPBACK, PebbleRig, StaticChallengeServer, start_pebble
+from lematt.testing.pebble import (
+    LOOPBACK,
+    PebbleRig,
+    StaticChallengeServer,
+    free_ports,
+    start_pebble,
+)
+from tests.e2e.conftest import ChallengeDrop
 
 DEADLINE = 60.0  # seconds for one order; Pebble with PEBBLE_VA_NOSLEEP needs well under 1 s
 
@@ -104,23 +109,10 @@ async def _order(client: AcmeClient, names: list[str], solver: ChallengeSolver) 
     _assert_chain(pem, names, key)
 
 
-def _free_ports(count: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind((LOOPBACK, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 @pytest.fixture(scope="module")
 def strict_pebble(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PebbleRig, Path]]:
     """A second Pebble: 40 % badNonce, valid authorizations always reused; own drop dir."""
-    acme, mgmt, http, tls, dns, cts = _free_ports(6)
+    acme, mgmt, http, tls, dns, cts = free_ports(6)
     work = tmp_path_factory.mktemp("strict-pebble")
     drop = work / "drop"
     drop.mkdir()
@@ -298,7 +290,7 @@ async def test_untrusted_ca_certificate(pebble: PebbleRig) -> None:
 
 @pytest.mark.anyio
 async def test_unreachable_ca_names_the_url() -> None:
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     url = f"https://{LOOPBACK}:{port}/dir"
     with pytest.raises(AcmeError, match=re.escape(f"cannot connect to the CA at {url}")):
         async with AcmeClient.open(url, _account_key()):
@@ -404,13 +396,3 @@ async def test_long_retry_after_is_not_waited_for() -> None:
     assert info.value.status == 429
     assert "retry after 3600 s" in str(info.value)
     assert ca.hits["acct"] == 1
-
-
-def test_parse_retry_after_seconds_and_http_date() -> None:
-    assert parse_retry_after("120") == 120.0
-    now = 784111777.0  # Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example date)
-    assert parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now=now) == 30.0
-    assert parse_retry_after("Sun, 06 Nov 1994 08:49:00 GMT", now=now) == 0.0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after(None) is None
-    assert parse_retry_after("-5") is None

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT, MakeConf, RunLematt, SshdHostFactory
+from lematt.testing.pebble import PebbleRig
+from lematt.testing.sshd import ClientKit
+from tests.e2e.conftest import REPO_ROOT, MakeConf, RunLematt, SshdHostFactory
 from tests.fakes import BlackHole
-from tests.rig import PebbleRig
-from tests.sshd_rig import ClientKit
 
 REMOTE = "127.0.0.3"
 

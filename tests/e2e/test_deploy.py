@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
-from tests.conftest import MakeConf, RunLematt, SshdHostFactory
-from tests.sshd_rig import ClientKit
+from lematt.testing.sshd import ClientKit
+from tests.e2e.conftest import MakeConf, RunLematt, SshdHostFactory
 
 
 def conf_with(make_conf: MakeConf, tmp_path: Path, kit: ClientKit, domains: str,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from lematt.config.loader import MUST_STAPLE_REFUSED
 from lematt.errors import ConfigError
 from lematt.model import CertLine
 
-REPO_CONF = Path(__file__).resolve().parent.parent / "conf"
+REPO_CONF = Path(__file__).resolve().parents[2] / "conf"
 
 MINIMAL = "[config]\naccountKey: account.key\nchallengeDropDir: challenges\n"
 MINIMAL_YAML = "accountKey: account.key\nchallengeDropDir: challenges\n"
@@ -522,21 +521,17 @@ def test_empty_domains_file_loads_with_a_warning(tmp_path: Path) -> None:
     assert any("no certificate lines" in w for w in config.warnings)
 
 
-def test_ten_thousand_lines_parse_quickly(tmp_path: Path) -> None:
+def test_ten_thousand_lines_parse(tmp_path: Path) -> None:
+    # How fast is benchmarks/noop.py's business (a cron run over 10,000 lines); a wall-clock
+    # bound here would fail on a busy machine without anything being wrong.
     text = "".join(
         f"site{i}.example.com www api static{i}.example.net  # c\n" if i % 2 else
         f"host{i}.example.org\n" for i in range(10_000))
-    path = write(tmp_path, domains=text)
-    load(path)  # warm up imports and the file cache
-    best = min(_timed(lambda: load(path)) for _ in range(3))
-    # The target is well under 100 ms on a normal machine; the bound leaves room for slow CI.
-    assert best < 0.5, f"{best * 1000:.0f} ms"
-
-
-def _timed(fn: object) -> float:
-    start = time.perf_counter()
-    fn()  # type: ignore[operator]
-    return time.perf_counter() - start
+    config = load(write(tmp_path, domains=text))
+    assert len(config.lines) == 10_000
+    assert config.lines[0].names == ("host0.example.org",)
+    assert config.lines[9_999].names == ("site9999.example.com", "www.site9999.example.com",
+                                         "api.site9999.example.com", "static9999.example.net")
 
 
 def test_long_file_stem_warns(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""SSH execution layer against real OpenSSH sshd on loopback (tests/sshd_rig.py).
+"""SSH execution layer against real OpenSSH sshd on loopback (lematt.testing.sshd); parsing and
+resolving destinations, without a server, is tests/unit/test_ssh_runner.py.
 
 Each sshd listens on its own 127.0.0.N (one address = one host). Tests assert results and
 order only; waits for a remote condition are bounded polls, never sleeps used as sync.
@@ -21,13 +22,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lematt.errors import ConfigError, RemoteError
+from lematt.errors import RemoteError
 from lematt.execution import ssh
 from lematt.execution.ssh import SESSION_LABEL, SshPool, UploadFile
 from lematt.execution.ssh_config import SshDestination
-from tests import sshd_rig
-from tests.conftest import SSHD_PORT, SshdHostFactory
-from tests.sshd_rig import ClientKit, make_ed25519_key
+from lematt.testing import RUN_ID_ENV
+from lematt.testing.sshd import ClientKit, make_ed25519_key
+from tests.e2e.conftest import SSHD_PORT, SshdHostFactory
 
 TIMEOUT = 30.0  # command timeout for commands that should finish at once
 POLL_LIMIT = 10.0  # seconds a bounded poll may take before the test fails
@@ -53,65 +54,6 @@ def _wait_for(condition: Callable[[], object], what: str) -> None:
             break
         time.sleep(0.05)
     pytest.fail(f"timed out waiting until {what}")
-
-
-# --------------------------------------------------------------------------- destinations
-
-
-@pytest.mark.parametrize(("text", "user", "host", "port"), [
-    ("web", None, "web", None),
-    ("deploy@web", "deploy", "web", None),
-    ("root@192.0.2.7:2200", "root", "192.0.2.7", 2200),
-    ("[::1]:2222", None, "::1", 2222),
-    ("admin@[fe80::1]:22", "admin", "fe80::1", 22),
-    ("::1", None, "::1", None),
-    ("mail_reload", None, "mail_reload", None),
-])
-def test_parse_destination(text: str, user: str | None, host: str, port: int | None) -> None:
-    parsed = SshDestination.parse(text)
-    assert (parsed.explicit_user, parsed.host, parsed.explicit_port) == (user, host, port)
-    assert parsed.written == text
-
-
-@pytest.mark.parametrize("text", ["", "a b", "user@", "host:", "host:ssh", "host:0",
-                                  "host:70000", "[::1", "[::1]x", "[::1]:", "a/b"])
-def test_parse_destination_rejects(text: str) -> None:
-    with pytest.raises(ValueError, match="SSH destination"):
-        SshDestination.parse(text)
-
-
-def test_resolve_through_ssh_config(tmp_path: Path) -> None:
-    config = tmp_path / "config"
-    config.write_text("Host web web-reload\n    HostName 127.0.0.2\n    Port 2222\n"
-                      "    User deploy\n    IdentityFile ~/keys/web\n"
-                      "    UserKnownHostsFile /k/one /k/two\n"
-                      "Host open\n    HostName 127.0.0.3\n    UserKnownHostsFile none\n")
-    web = SshDestination.resolve("web", config)
-    assert (web.address, web.port, web.user) == ("127.0.0.2", 2222, "deploy")
-    assert web.identity_files == ("~/keys/web",) and web.known_hosts == ("/k/one", "/k/two")
-    # What the destination itself says wins over the file, as on the ssh command line.
-    other = SshDestination.resolve("root@web-reload:2200", config)
-    assert (other.user, other.port) == ("root", 2200)
-    # Two names of one machine are one host for ordering, also when written as an address.
-    assert web.host_key() == SshDestination.resolve("web-reload", config).host_key()
-    assert web.host_key() == SshDestination.resolve("127.0.0.2:2222", config).host_key()
-    assert web.host_key() == "[127.0.0.2]:2222" and web.connection_key() != other.connection_key()
-    assert SshDestination.resolve("open", config).known_hosts == ()
-    assert SshDestination.resolve("elsewhere", config).known_hosts == ("~/.ssh/known_hosts",)
-    config.write_text("Host web\n    Port many\n")
-    with pytest.raises(ConfigError, match="line 2"):
-        SshDestination.resolve("web", config)
-
-
-@pytest.mark.anyio
-async def test_known_hosts_none_is_refused(tmp_path: Path) -> None:
-    config = tmp_path / "config"
-    config.write_text("Host open\n    HostName 127.0.0.9\n    UserKnownHostsFile none\n")
-    async with SshPool() as pool:
-        with pytest.raises(RemoteError, match="UserKnownHostsFile none") as caught:
-            await pool.runner(SshDestination.resolve("open", config)).run("true")
-    assert "never" in str(caught.value)
-    assert pool.connections_opened == 0
 
 
 # --------------------------------------------------------------------------- commands
@@ -253,11 +195,20 @@ async def test_rig_stop_ends_live_sessions(sshd_host: SshdHostFactory,
         # The dead connection makes the background exit and the pool close quietly.
 
 
-def test_missing_sshd_says_how_to_install(tmp_path: Path,
-                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sshd_rig, "SSHD", str(tmp_path / "no-sshd"))
-    with pytest.raises(RuntimeError, match="apt-get install openssh-server"):
-        sshd_rig.start_sshd(tmp_path, "127.0.0.2", SSHD_PORT)
+@pytest.mark.anyio
+async def test_rig_passes_the_run_id_on_to_sessions(
+        sshd_host: SshdHostFactory, ssh_client_kit: ClientKit,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # sshd starts sessions with a fresh environment; .ci/run finds the suite's leftover
+    # processes (a forwarder started over SSH among them) by this variable. Keep the value a
+    # CI run has already set, so this test's sshd stays recognisable as the suite's.
+    run_id = os.environ.get(RUN_ID_ENV) or f"rig-run-{secrets.token_hex(4)}"
+    monkeypatch.setenv(RUN_ID_ENV, run_id)
+    host = sshd_host("127.0.0.2")
+    async with SshPool() as pool:
+        result = await pool.runner(_destination(ssh_client_kit, host.alias)).run(
+            f'printf %s "${RUN_ID_ENV}"', timeout=TIMEOUT)
+    assert result.stdout == run_id
 
 
 @pytest.mark.anyio

@@ -1,10 +1,12 @@
-"""End to end against a second, independent CA: acme2certifier (``tests/a2c_rig.py``).
+"""End to end against a second, independent CA: acme2certifier
+(``lematt.testing.acme2certifier``).
 
 It answers what Pebble answers differently: a known account key gets 200 with the body ``{}``,
 challenges and finalize are answered synchronously, and it validates http-01 on port 80 of
-the name's address (so lematt's ``challengeListen`` is on 127.0.0.40:80; the suite runs as
-root). Issue, a quiet second run, a forced renewal with the same account key, and the same
-through two order processes.
+the name's address (so lematt's ``challengeListen`` is on port 80 of 127.0.0.40, or of the
+address ``port80_address`` gives for another port offset; the suite runs as root). Issue, a
+quiet second run, a forced renewal with the same account key, and the same through two order
+processes.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.a2c_rig import A2cRig
-from tests.conftest import MakeConf, RunLematt
-from tests.rig import PebbleRig
-from tests.test_run import assert_pair, san, tree
+from lematt.testing.acme2certifier import A2cRig
+from lematt.testing.pebble import PebbleRig
+from tests.e2e.conftest import MakeConf, RunLematt, port80_address
+from tests.e2e.test_run import assert_pair, san, tree
 
-LISTEN = "127.0.0.40"
+# Port 80 is not moved by LEMATT_TEST_PORT_OFFSET: acme2certifier validates http-01 on port 80
+# and nothing can change that; the address moves with the offset instead (port80_address).
+LISTEN = port80_address(40)
 NAMES = ("a2c-one.second.test", "a2c-two.second.test", "www.a2c-two.second.test",
          "a2c-p1.second.test", "a2c-p2.second.test", "a2c-p3.second.test")
 TAGS = ("rsa2048", "prime256v1")

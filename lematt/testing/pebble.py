@@ -11,7 +11,18 @@ startup failure raises :class:`RigError` with the tail of both logs, after stopp
 had started. :class:`StaticChallengeServer` is a threaded stdlib HTTP server that serves the
 files of a directory at ``/.well-known/acme-challenge/<file>`` and 404s everything else.
 
-This module imports no pytest: ``tests/conftest.py``, ``benchmarks/`` and demo scripts share it.
+Ports: ``pebble_ports(offset)`` are the default ports plus ``offset`` (ACME 14000, management
+15000, http-01 5002, tls-alpn-01 5001, DNS 8053, challtestsrv API 8055), ``free_pebble_ports()``
+six ports free right now, both as ``start_pebble`` keyword arguments; ``free_ports(n)`` is the
+helper behind the latter.
+
+``python -m lematt.testing.pebble [--port-offset N] [--workdir DIR]`` starts a rig on free ports
+(or the offset ones), prints the lematt.conf lines that use it and where names resolve, and
+runs until Ctrl-C or SIGTERM, then stops everything (bounded). Exit status 1 if the rig cannot
+start or one of its processes dies.
+
+This module imports no pytest: ``tests/e2e/conftest.py``, ``benchmarks/`` and demo scripts share
+it.
 
 Pebble 2.4 facts the rig relies on (Debian package ``pebble`` 2.4.0)
 ---------------------------------------------------------------------
@@ -41,6 +52,7 @@ Pebble 2.4 facts the rig relies on (Debian package ``pebble`` 2.4.0)
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import contextlib
 import datetime as dt
@@ -56,12 +68,15 @@ import socket
 import ssl
 import struct
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import IO, Any
 
 from cryptography import x509
@@ -229,6 +244,56 @@ def _check_free(port: int, kind: int) -> None:
                 f"pebble or pebble-challtestsrv? See `ss -ltnup | grep {port}`") from exc
 
 
+# --------------------------------------------------------------------------- ports
+
+
+def free_ports(count: int, address: str = LOOPBACK) -> list[int]:
+    """``count`` distinct ports that are free on ``address`` for TCP *and* UDP right now.
+
+    The kernel picks them (bind to port 0); each is held until all are found, so they differ.
+    Both protocols because one of them may become challtestsrv's DNS port (UDP and TCP).
+    Another process may still take a port before the caller binds it; the kernel hands out
+    port-0 ports in turn, which makes that rare. Raises :class:`RigError` if the kernel keeps
+    offering ports that are taken for UDP.
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        for _ in range(20 * count):  # bounded: a port whose UDP side is taken is skipped
+            if len(ports) == count:
+                break
+            tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(tcp)
+            tcp.bind((address, 0))
+            port = tcp.getsockname()[1]
+            udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            held.append(udp)
+            try:
+                udp.bind((address, port))
+            except OSError:
+                continue
+            ports.append(port)
+    finally:
+        for sock in held:
+            sock.close()
+    if len(ports) < count:
+        raise RigError(f"found only {len(ports)} of {count} free ports on {address}")
+    return ports
+
+
+def pebble_ports(offset: int = 0) -> dict[str, int]:
+    """The rig's default ports plus ``offset``, as ``start_pebble`` keyword arguments (the
+    test suite's ``LEMATT_TEST_PORT_OFFSET`` scheme)."""
+    return {"acme_port": 14000 + offset, "management_port": 15000 + offset,
+            "http_port": 5002 + offset, "tls_port": 5001 + offset, "dns_port": 8053 + offset,
+            "challtestsrv_port": 8055 + offset}
+
+
+def free_pebble_ports() -> dict[str, int]:
+    """Six free ports (:func:`free_ports`), as ``start_pebble`` keyword arguments."""
+    return dict(zip(pebble_ports(), free_ports(6), strict=True))
+
+
 # --------------------------------------------------------------------------- DNS
 
 
@@ -358,6 +423,11 @@ class PebbleRig:
 
     def pebble_alive(self) -> bool:
         return self._pebble is not None and self._pebble.poll() is None
+
+    def alive(self) -> bool:
+        """Both Pebble and challtestsrv are still running."""
+        return self.pebble_alive() and (self._challtestsrv is not None
+                                        and self._challtestsrv.poll() is None)
 
     def stop(self) -> None:
         """Terminate both process groups (bounded waits, SIGKILL if needed). Idempotent."""
@@ -629,3 +699,83 @@ class StaticChallengeServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+# --------------------------------------------------------------------------- command line
+
+_CLI = "python -m lematt.testing.pebble"
+_WATCH_INTERVAL = 0.5  # seconds between checks that both processes still run
+
+
+def _usage_text(rig: PebbleRig, ports: dict[str, int]) -> str:
+    http_port, dns_port = ports["http_port"], ports["dns_port"]
+    return f"""\
+Pebble is running on {LOOPBACK} (files and logs in {rig.workdir}).
+
+Put these lines into the [config] section of lematt.conf:
+    directoryTest = {rig.directory_url}
+    directoryProd = {rig.directory_url}
+    caBundle = {rig.ca_bundle}
+and answer http-01 on port {http_port}, e.g. with lematt's own server:
+    challengeListen = {LOOPBACK}:{http_port}
+
+Names: Pebble resolves every name through pebble-challtestsrv (DNS on {LOOPBACK}:{dns_port})
+to {LOOPBACK}, IPv4 only, so for any name it fetches
+    http://{LOOPBACK}:{http_port}/.well-known/acme-challenge/<token>
+To send a name to another loopback address (where another responder listens on port {http_port}):
+    curl -X POST -d '{{"host": "www.example.test", "addresses": ["127.0.0.2"]}}' \\
+        {rig.management_url}/add-a
+Only Pebble resolves names this way; lematt itself never looks them up. The certificates chain
+to a root Pebble makes at every start: {rig.pebble_management_url}/roots/0
+
+Stop with Ctrl-C (or SIGTERM)."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a Pebble rig until SIGINT or SIGTERM; see the module docstring."""
+    parser = argparse.ArgumentParser(
+        prog=_CLI, description="Run Pebble + pebble-challtestsrv on loopback for lematt until "
+        "Ctrl-C, and print the lematt.conf lines that use them.")
+    parser.add_argument("--port-offset", type=int, metavar="N",
+                        help="use the default ports plus N (ACME 14000+N, management 15000+N, "
+                        "http-01 5002+N, tls-alpn-01 5001+N, DNS 8053+N, challtestsrv API "
+                        "8055+N) instead of free ones")
+    parser.add_argument("--workdir", type=Path, metavar="DIR",
+                        help="keep Pebble's config, TLS CA and logs in DIR (default: a "
+                        "temporary directory, removed at exit)")
+    args = parser.parse_args(argv)
+    ports = (pebble_ports(args.port_offset) if args.port_offset is not None
+             else free_pebble_ports())
+
+    # A flag set from the handlers: the main thread then stops the rig in order, with its
+    # bounded waits, instead of unwinding from a KeyboardInterrupt in the middle of them.
+    stop = threading.Event()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.ExitStack() as stack:
+            workdir = args.workdir or Path(stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="lematt-pebble-")))
+            try:
+                rig = stack.enter_context(start_pebble(workdir, **ports))
+            except RuntimeError as exc:  # RigError too: a missing binary, a port in use
+                print(f"{_CLI}: {exc}", file=sys.stderr)
+                return 1
+            print(_usage_text(rig, ports), flush=True)
+            while not stop.wait(_WATCH_INTERVAL):
+                if not rig.alive():
+                    print(f"{_CLI}: Pebble or pebble-challtestsrv exited; logs:\n"
+                          f"{_logs_for_error(rig)}", file=sys.stderr)
+                    return 1
+            print("stopping Pebble ...", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -18,7 +18,7 @@ from lematt.store.inventory import scan_one
 from lematt.store.journal import Journal
 from lematt.store.layout import CertPaths, Layout
 from lematt.store.tree import NewPair, Store
-from tests.certs import LocalCA
+from lematt.testing.certs import LocalCA
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -23,10 +23,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from tests import a2c_rig
-from tests.a2c_rig import A2C_VERSION, A2cRig, start_acme2certifier
-from tests.conftest import A2C_PORT
-from tests.rig import LOOPBACK, PebbleRig, RigError
+from lematt.testing.acme2certifier import A2C_VERSION, A2cRig, start_acme2certifier
+from lematt.testing.pebble import LOOPBACK, PebbleRig, RigError
+from tests.e2e.conftest import A2C_PORT
 
 # The session rig has A2C_PORT (14500 + offset); tests that start their own take the next one.
 SECOND_PORT = A2C_PORT + 1
@@ -190,9 +189,3 @@ def test_port_in_use_fails_fast_and_says_so(acme2certifier: A2cRig, tmp_path: Pa
                              dns_server=acme2certifier.dns_server)
 
 
-def test_missing_package_is_a_runtime_error_with_the_install_hint(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(a2c_rig, "A2C_MODULE", "acme2certifier_not_installed_here")
-    with pytest.raises(RuntimeError, match="pip install acme2certifier"):
-        start_acme2certifier(tmp_path, port=SECOND_PORT)
-    assert not (tmp_path / "acme_srv.cfg").exists()  # nothing started, nothing written

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PORT_OFFSET, RunLematt, write_conf
-from tests.rig import PebbleRig, start_pebble
+from lematt.testing.pebble import PebbleRig, start_pebble
+from tests.e2e.conftest import PORT_OFFSET, RunLematt, write_conf
 
 
 @pytest.fixture

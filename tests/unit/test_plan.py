@@ -9,7 +9,7 @@ from lematt import crypto
 from lematt.config import Settings
 from lematt.model import CertLine, Found
 from lematt.plan import due_reason, plan
-from tests.certs import LocalCA
+from lematt.testing.certs import LocalCA
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 LINE = CertLine(1, ("a.example.com", "b.example.com"))

@@ -4,16 +4,19 @@ Contract
 --------
 ``start_acme2certifier(workdir, *, port, dns_server=(host, port), ...)`` writes into ``workdir``
 a throwaway issuing CA (``issuer-ca.pem``/``.key``), a throwaway TLS CA + server certificate for
-127.0.0.1 (``tests.rig.make_test_ca_and_server_cert``), an acme2certifier config
-(``acme_srv.cfg``), and runs acme2certifier's WSGI application in a subprocess
-(``python -m tests.a2c_rig``, its own process group, output in ``acme2certifier.log``) over HTTPS
-on 127.0.0.1:<port>. It waits (bounded) until the directory answers over HTTPS verified against
-``ca_bundle`` and returns an :class:`A2cRig`; ``A2cRig.stop()`` is idempotent (SIGTERM, bounded
-wait, SIGKILL) and the rig is a context manager. A missing package raises ``RuntimeError`` naming
-``pip install acme2certifier``; any other startup failure raises :class:`tests.rig.RigError` with
-the log tail, after stopping the subprocess. Everything listens on, and talks to, loopback only.
-This module imports no pytest: ``tests/conftest.py`` (fixture ``acme2certifier``) and scripts
-share it. Start-up takes about 0.7 s, stop a few ms.
+127.0.0.1 (``lematt.testing.pebble.make_test_ca_and_server_cert``), an acme2certifier config
+(``acme_srv.cfg``), and runs acme2certifier's WSGI application in a subprocess (``python -m
+lematt.testing.acme2certifier``, its own process group, output in ``acme2certifier.log``) over
+HTTPS on 127.0.0.1:<port>. It waits (bounded) until the directory answers over HTTPS verified
+against ``ca_bundle`` and returns an :class:`A2cRig`; ``A2cRig.stop()`` is idempotent (SIGTERM,
+bounded wait, SIGKILL) and the rig is a context manager. A missing package raises
+``RuntimeError`` naming ``pip install acme2certifier``; any other startup failure raises
+:class:`lematt.testing.pebble.RigError` with the log tail, after stopping the subprocess.
+Everything listens on, and talks to, loopback only. This module imports no pytest:
+``tests/e2e/conftest.py`` (fixture ``acme2certifier``) and scripts share it. acme2certifier
+itself (a dependency of the ``test`` extra only) is imported in the serving subprocess alone, so
+importing this module needs nothing beyond lematt's own dependencies. Start-up takes about
+0.7 s, stop a few ms.
 
 What is switched on where (all read once at process start, so options are start parameters;
 ``extra_config`` adds or overrides any ``[section] key``):
@@ -134,7 +137,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.rig import (
+from lematt.testing.pebble import (
     _PROXY_VARS,
     LOOPBACK,
     RigError,
@@ -152,7 +155,10 @@ OPENSSL_HANDLER = "acme2certifier.cahandlers.openssl_ca_handler"
 EAB_FILE_HANDLER = "acme2certifier.eabhandlers.file_handler"
 DEFAULT_CERT_VALIDITY_DAYS = 365  # the openssl handler's own default
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
+_MODULE = "lematt.testing.acme2certifier"  # what the serving subprocess runs with -m
+# The directory that holds the lematt package: on the subprocess's PYTHONPATH, so that a lematt
+# run from a checkout (not installed) serves too, whatever the subprocess's working directory.
+_PACKAGE_PARENT = Path(__file__).resolve().parents[2]
 _POLL_INTERVAL = 0.05  # seconds between readiness probes
 _PROBE_TIMEOUT = 2.0  # per probe: the first directory GET also loads the CA handler
 _LOG_NAME = "acme2certifier.log"
@@ -226,7 +232,7 @@ class A2cRig:
 
 
 # Rigs not yet stopped: the server runs in its own session, so nothing else would end it if a
-# script dies before stop(); atexit does (same scheme as tests.rig for Pebble).
+# script dies before stop(); atexit does (same scheme as lematt.testing.pebble for Pebble).
 _LIVE_RIGS: list[A2cRig] = []
 
 
@@ -400,9 +406,9 @@ def start_acme2certifier(
     env = {k: v for k, v in os.environ.items() if k not in _PROXY_VARS}
     env["ACME_SRV_CONFIGFILE"] = str(config_path)
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(_REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
+        [str(_PACKAGE_PARENT), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach the file as they happen
-    argv = [sys.executable, "-m", "tests.a2c_rig", "--host", LOOPBACK, "--port", str(port),
+    argv = [sys.executable, "-m", _MODULE, "--host", LOOPBACK, "--port", str(port),
             "--cert", str(server_cert), "--key", str(server_key),
             "--dns-host", dns_host, "--dns-port", str(dns_port)]
 
@@ -477,7 +483,7 @@ def _pin_dns(host: str, port: int) -> None:
 
 def _serve(argv: list[str] | None = None) -> None:
     """Entry point of the subprocess: HTTPS + threads around acme2certifier's WSGI app."""
-    parser = argparse.ArgumentParser(prog="python -m tests.a2c_rig")
+    parser = argparse.ArgumentParser(prog=f"python -m {_MODULE}")
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--cert", required=True)

@@ -1,10 +1,18 @@
-"""The test rig itself: real Pebble, real challtestsrv DNS, the static http-01 server."""
+"""The test rig itself: real Pebble, real challtestsrv DNS, the static http-01 server, and
+``python -m lematt.testing.pebble``."""
 
 from __future__ import annotations
 
 import configparser
 import json
+import os
+import re
+import select
+import signal
 import ssl
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -12,8 +20,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import PORT_OFFSET, ChallengeDrop, MakeConf
-from tests.rig import LOOPBACK, PebbleRig, RigError, StaticChallengeServer, start_pebble
+from lematt.testing.pebble import (
+    LOOPBACK,
+    PebbleRig,
+    RigError,
+    StaticChallengeServer,
+    start_pebble,
+)
+from tests.e2e.conftest import PORT_OFFSET, ChallengeDrop, MakeConf
 
 
 def _opener(context: ssl.SSLContext | None = None) -> urllib.request.OpenerDirector:
@@ -121,20 +135,13 @@ def _is_pebble(pid: int) -> bool:
         return False
 
 
-def test_missing_binary_is_a_failure_naming_the_package(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(RuntimeError, match="apt-get install pebble"):
-        start_pebble(tmp_path)
-
-
 def test_pebble_crash_at_startup_raises_with_log_tail(tmp_path: Path) -> None:
     o = PORT_OFFSET + 300
     # A chain length of 0 makes Pebble panic while building its CA: a real early exit.
     with pytest.raises(RigError, match=r"(?s)pebble exited .*At least one intermediate"):
         start_pebble(tmp_path, acme_port=14000 + o, management_port=15000 + o,
-                     dns_port=8053 + o, challtestsrv_port=8055 + o,
-                     extra_env={"PEBBLE_CHAIN_LENGTH": "0"})
+                     http_port=5002 + o, tls_port=5001 + o, dns_port=8053 + o,
+                     challtestsrv_port=8055 + o, extra_env={"PEBBLE_CHAIN_LENGTH": "0"})
 
 
 def test_port_in_use_fails_fast_and_says_so(pebble: PebbleRig, tmp_path: Path) -> None:
@@ -143,7 +150,8 @@ def test_port_in_use_fails_fast_and_says_so(pebble: PebbleRig, tmp_path: Path) -
     o = PORT_OFFSET + 200
     with pytest.raises(RuntimeError, match=rf"{taken}/tcp is already in use"):
         start_pebble(tmp_path, acme_port=taken, management_port=15000 + o,
-                     dns_port=8053 + o, challtestsrv_port=8055 + o)
+                     http_port=5002 + o, tls_port=5001 + o, dns_port=8053 + o,
+                     challtestsrv_port=8055 + o)
 
 
 def test_make_conf_writes_ini_and_yaml(make_conf: MakeConf, pebble: PebbleRig,
@@ -170,3 +178,53 @@ def test_make_conf_writes_ini_and_yaml(make_conf: MakeConf, pebble: PebbleRig,
     assert data["caBundle"] == str(pebble.ca_bundle)
     assert data["directoryProd"] == pebble.directory_url
     assert not (yaml_dir / "actions.conf").exists()
+
+
+def _read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float) -> bytes:
+    """What ``proc`` wrote to stdout up to and including ``marker`` (bounded wait)."""
+    assert proc.stdout is not None
+    deadline = time.monotonic() + timeout
+    data = b""
+    while marker not in data:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"no {marker!r} within {timeout:.0f} s; stdout so far: {data!r}"
+        if select.select([proc.stdout], [], [], remaining)[0]:
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            assert chunk, f"stdout ended before {marker!r}: {data!r}"
+            data += chunk
+    return data
+
+
+def test_command_line_rig_prints_its_config_lines_and_stops_on_sigterm(tmp_path: Path) -> None:
+    # Free ports (the command's default): nothing to coordinate with the session rig.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lematt.testing.pebble", "--workdir", str(tmp_path)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        start_new_session=True)
+    try:
+        text = _read_until(proc, b"Stop with Ctrl-C", 30).decode()
+        settings = dict(re.findall(r"^ +(directoryTest|directoryProd|caBundle|challengeListen)"
+                                   r" = (\S+)$", text, re.MULTILINE))
+        assert settings["directoryTest"] == settings["directoryProd"]
+        assert settings["caBundle"] == str(tmp_path / "rig-ca.pem")
+        assert re.fullmatch(r"127\.0\.0\.1:[0-9]+", settings["challengeListen"])
+        context = ssl.create_default_context(cafile=settings["caBundle"])
+        with _opener(context).open(settings["directoryTest"], timeout=5) as response:
+            assert "newOrder" in json.loads(response.read())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:  # a failed check above: SIGTERM lets it stop Pebble too
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        assert proc.stdout is not None and proc.stderr is not None
+        rest, err = proc.stdout.read(), proc.stderr.read()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert b"stopping Pebble" in rest, err
+    with pytest.raises(urllib.error.URLError):  # Pebble went with it
+        _opener(context).open(settings["directoryTest"], timeout=5)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from lematt.testing.pebble import PebbleRig, start_pebble
 from tests.ca_front import CaFront, directory_path, reuse_orders
-from tests.conftest import PORT_OFFSET, ChallengeDrop, MakeConf, RunLematt
-from tests.rig import PebbleRig, start_pebble
-from tests.test_run import assert_pair, tree
+from tests.e2e.conftest import PORT_OFFSET, ChallengeDrop, MakeConf, RunLematt
+from tests.e2e.test_run import assert_pair, tree
 
 FRONT_PORT = 14300 + PORT_OFFSET
 EAB_PEBBLE_PORTS = {"acme_port": 14400, "management_port": 15400, "http_port": 5402,

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from lematt import crypto
 from lematt.errors import CryptoError
-from tests.certs import LocalCA
+from lematt.testing.certs import LocalCA
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 

@@ -17,7 +17,8 @@ startup failure raises :class:`RigError` with the tail of the sshd log.
 file and an OpenSSH client config file, all under one directory, rewritten whole on each
 change so that a session-wide kit can follow rigs that come and go with new host keys.
 
-This module imports no pytest: ``tests/conftest.py``, ``benchmarks/`` and demo scripts share it.
+This module imports no pytest: ``tests/e2e/conftest.py``, ``benchmarks/`` and demo scripts share
+it.
 
 OpenSSH facts the rig relies on (Debian 12, OpenSSH 9.2)
 --------------------------------------------------------
@@ -38,6 +39,7 @@ import contextlib
 import getpass
 import ipaddress
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -49,6 +51,8 @@ from typing import IO
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from lematt.testing import RUN_ID_ENV
+
 SSHD = "/usr/sbin/sshd"  # Debian's path; sshd must be started by absolute path (re-exec)
 PRIVSEP_DIR = Path("/run/sshd")
 
@@ -56,6 +60,7 @@ _POLL_INTERVAL = 0.05  # seconds between readiness probes
 _PROBE_TIMEOUT = 1.0  # per-probe socket timeout, so one hung probe cannot eat the budget
 _STOP_TIMEOUT = 5.0  # after SIGTERM and again after SIGKILL
 _LOG_TAIL_LINES = 30
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 
 
 class RigError(RuntimeError):
@@ -298,7 +303,7 @@ class SshdRig:
 def _sshd_config(rig: SshdRig, host_key_path: Path, extra_config: str) -> str:
     workdir = rig.workdir
     return f"""\
-# Written by tests/sshd_rig.py: a throwaway sshd for one loopback "host".
+# Written by lematt.testing.sshd: a throwaway sshd for one loopback "host".
 ListenAddress {_host_port(rig.address, rig.port)}
 HostKey {host_key_path}
 PidFile {workdir / "sshd.pid"}
@@ -314,8 +319,23 @@ X11Forwarding no
 PrintMotd no
 LogLevel VERBOSE
 Subsystem sftp internal-sftp
-{extra_config}
+{_run_id_setting()}{extra_config}
 """
+
+
+def _run_id_setting() -> str:
+    """``SetEnv`` passing ``$LEMATT_TEST_RUN_ID`` on to sessions, or nothing when it is unset.
+
+    sshd gives every session a fresh environment; without this, a process started over SSH
+    (a forwarder lematt runs on a "remote" host) would not carry the run id that marks every
+    other process of the run, and a leftover check (.ci/run) could not tell it is the suite's.
+    """
+    run_id = os.environ.get(RUN_ID_ENV)
+    if not run_id:
+        return ""
+    if not _RUN_ID_RE.fullmatch(run_id):  # one sshd_config word, no quoting needed
+        raise ValueError(f"{RUN_ID_ENV}={run_id!r}: use letters, digits, '.', '_', '-' only")
+    return f"SetEnv {RUN_ID_ENV}={run_id}\n"
 
 
 def _host_port(address: str, port: int) -> str:
