@@ -7,7 +7,6 @@ lines are ``lematt.model.CertLine`` values (they travel through the whole run).
 
 from __future__ import annotations
 
-import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,27 +125,33 @@ class Actions:
     overrides: tuple[Section, ...] = ()
 
     def sections_for(self, names: tuple[str, ...]) -> tuple[Section, ...]:
-        """The sections a certificate with these names maps to, in file order.
-
-        Every override that names any of the names (else ``[default]``), then ``[every]``.
+        """The sections a certificate with these names maps to, as the original lematt maps
+        them: name by name. A name that an override lists maps the certificate to that
+        override (to every override listing it); a name that none lists maps it to
+        ``[default]``. Result: ``[default]`` (if any name needs it), the overrides in file
+        order, then ``[every]``; each section once.
         """
         wanted = set(names)
-        chosen = [s for s in self.overrides if s.domains & wanted]
-        if not chosen and self.default is not None:
+        overrides = [s for s in self.overrides if s.domains & wanted]
+        listed = set().union(*(s.domains for s in overrides))
+        chosen = []
+        if self.default is not None and not wanted <= listed:
             chosen.append(self.default)
+        chosen.extend(overrides)
         if self.every is not None:
             chosen.append(self.every)
         return tuple(chosen)
 
-    def prepares_for(self, line: CertLine) -> list[str]:
-        """The local prepare commands of a certificate: one per name and section, ``DOMAIN``
-        replaced by that name (shell-quoted), identical commands once."""
-        commands: list[str] = []
+    def prepares_for(self, line: CertLine) -> list[tuple[str, ...]]:
+        """The local prepare commands of a certificate, as argument vectors: one per name
+        and section, ``DOMAIN`` replaced by that name, then split on whitespace and run
+        without a shell, as the original lematt ran them; identical commands once."""
+        commands: list[tuple[str, ...]] = []
         for name in line.names:
             for section in self.sections_for((name,)):
-                commands.extend(c.replace("DOMAIN", shlex.quote(name)) for c in section.prepare
-                                if isinstance(c, str))
-        return list(dict.fromkeys(commands))
+                commands.extend(tuple(c.replace("DOMAIN", name).split())
+                                for c in section.prepare if isinstance(c, str))
+        return [argv for argv in dict.fromkeys(commands) if argv]
 
     def forwarders_for(self, line: CertLine) -> list[SshForward]:
         """The SSH forwarders (structured prepares) a certificate's orders need, once each."""

@@ -21,7 +21,7 @@ import anyio
 
 from lematt.config import Settings, SshForward
 from lematt.errors import LemattError
-from lematt.execution.local import LocalRunner
+from lematt.execution.local import LocalRunner, OutputTail
 from lematt.model import CertLine, Failure, Job, Outcome
 from lematt.orders.context import OrderEnv, OrderTools
 from lematt.orders.pipeline import order_one
@@ -66,19 +66,37 @@ async def _line_orders(env: OrderEnv, tools: OrderTools, line: CertLine, jobs: l
     names' authorizations already valid, so it costs little; different lines still run
     concurrently."""
     prepares = env.config.actions.prepares_for(line)
-    async with tools.slots, contextlib.AsyncExitStack() as stack:
-        # With prepare commands (the original's `ssh -t host leforward.py`, say) the line's
-        # orders share one set of prepared processes, started before and stopped after all.
-        try:
-            for command in prepares:
-                env.reporter.info(f"prepare for {line.primary}: {command}")
-                await stack.enter_async_context(LocalRunner().background(command))
-        except LemattError as exc:
-            failure = Failure.of(exc)
-            _fail_all(tools, jobs, Failure(failure.kind, f"prepare failed: {failure}"))
-            return
-        for job in jobs:
-            tools.record(await order_one(env, tools, job))
+    started: list[tuple[str, OutputTail]] = []
+    failed = False
+    async with tools.slots:
+        async with contextlib.AsyncExitStack() as stack:
+            # With prepare commands (the original's `ssh -t host leforward.py`, say) the
+            # line's orders share one set of prepared processes, started before and stopped
+            # after all of them.
+            try:
+                for argv in prepares:
+                    shown = " ".join(argv)
+                    env.reporter.info(f"prepare for {line.primary}: {shown}")
+                    output = await stack.enter_async_context(LocalRunner().background(argv))
+                    started.append((shown, output))
+            except LemattError as exc:
+                failure = Failure.of(exc)
+                _fail_all(tools, jobs, Failure(failure.kind, f"prepare failed: {failure}"))
+                failed = True
+            else:
+                for job in jobs:
+                    outcome = await order_one(env, tools, job)
+                    failed = failed or not outcome.ok
+                    tools.record(outcome)
+        # Stopped now, so everything they wrote has been read. The original let prepare
+        # output through; here it is shown when it can explain a failure (an `ssh -t`
+        # forwarder that could not start), and always with --debug.
+        for shown, output in started:
+            text = output.text().strip()
+            if text and (failed or env.reporter.debug):
+                say = env.reporter.failure if failed else env.reporter.info
+                body = "\n  | ".join(text.splitlines())
+                say(f"prepare for {line.primary} `{shown}` printed:\n  | {body}")
 
 
 @contextlib.asynccontextmanager

@@ -141,6 +141,10 @@ def test_failed_order_keeps_old_pair_and_fails_only_that_job(
 def test_actions_run_once_per_section_with_placeholders(
         tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt) -> None:
     log = tmp_path / "actions.log"
+    # A prepare string runs without a shell (as in the original): a script does the append.
+    prepare = tmp_path / "prepare.sh"
+    prepare.write_text(f"#!/bin/sh\necho \"prepare $1\" >> '{log}'\n")
+    prepare.chmod(0o755)
     actions = f"""
 [default]
 uploadCerts: ["ls -d CERTS >> '{log}'"]
@@ -152,7 +156,7 @@ update: ["echo reload-all >> '{log}'", "echo all DOMAINS_ALL >> '{log}'"]
 
 [override-mail]
 domains: mail.act.test
-prepare: ["echo prepare DOMAIN >> '{log}'"]
+prepare: ["{prepare} DOMAIN"]
 update: ["echo mail DOMAINS_CN >> '{log}'"]
 """
     conf = make_conf(tmp_path, "web.act.test www\nmail.act.test\n", actions_text=actions)
@@ -288,8 +292,10 @@ def test_interrupted_run_stops_prepares_removes_tokens_and_keeps_pairs(
         work = tmp_path / sig.name
         work.mkdir()
         pidfile = work / "prepare.pid"
-        (work / "actions.conf").write_text(
-            f"[default]\nprepare: [\"sleep 307 & echo $! > '{pidfile}'; wait\"]\n")
+        script = work / "prepare.sh"  # prepare strings run without a shell: a script forks
+        script.write_text(f"#!/bin/sh\nsleep 307 & echo $! > '{pidfile}'; wait\n")
+        script.chmod(0o755)
+        (work / "actions.conf").write_text(f'[default]\nprepare: ["{script}"]\n')
         conf = make_conf(work, "stuck.run.test\n", extra_conf={"keyTypes": "ec"})
         # The CA's validation connects to a server that never answers: the order hangs.
         hole = BlackHole("127.0.0.8", pebble.http_port)

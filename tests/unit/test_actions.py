@@ -81,11 +81,11 @@ def test_forwarders_once_per_line() -> None:
     actions = Actions(default=Section("default", prepare=(fwd, "local DOMAIN")),
                       every=Section("every", prepare=(fwd,)))
     assert actions.forwarders_for(A) == [fwd]
-    assert actions.prepares_for(A) == ["local a.example.com", "local www.a.example.com"]
+    assert actions.prepares_for(A) == [("local", "a.example.com"), ("local", "www.a.example.com")]
 
 
 def test_prepare_one_per_name_with_domain_quoted() -> None:
-    assert ACTIONS.prepares_for(MAIL) == ["fwd mail.example.com"]
+    assert ACTIONS.prepares_for(MAIL) == [("fwd", "mail.example.com")]
     assert ACTIONS.prepares_for(A) == []
 
 

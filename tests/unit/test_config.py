@@ -749,7 +749,9 @@ def test_sections_for_semantics(tmp_path: Path) -> None:
 
     assert names_of("example.com") == ["default", "every"]
     assert names_of("mail.example.com") == ["mail", "mail2", "every"]  # file order
-    assert names_of("shop.example.com") == ["cart", "every"]  # any name selects the override
+    # Name by name, as the original: cart.shop.example.com -> [cart]; shop.example.com has no
+    # override -> [default].
+    assert names_of("shop.example.com") == ["default", "cart", "every"]
     assert Actions().sections_for(("x.example.com",)) == ()
 
 
