@@ -3,8 +3,10 @@
 
 Contract: ``main(argv)`` returns the exit status and never raises for expected problems:
 0 every certificate current or renewed and every action succeeded; 1 some certificate or
-action failed (all others still completed), or the run could not start (lock held, CA or
-account unreachable); 2 usage or config error, reported before anything changed.
+action failed (all others still completed), or the run could not start (CA or account
+unreachable); 2 usage or config error, reported before anything changed; 75 (EX_TEMPFAIL)
+another run holds the lock - nothing was done, a later run will; 130 interrupted (Ctrl-C,
+SIGTERM, SIGHUP) after cleaning up.
 Errors are one line; a traceback only with ``--debug``.
 """
 
@@ -27,6 +29,8 @@ if TYPE_CHECKING:
     from lematt.run import Options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_LOCKED = 75  # EX_TEMPFAIL (sysexits.h): cron wrappers and systemd treat it as "try later"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
 
 
 class _Parser(argparse.ArgumentParser):
@@ -128,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import anyio
 
     from lematt import config as config_mod
-    from lematt.errors import ConfigError, LemattError
+    from lematt.errors import ConfigError, LemattError, LockError
     from lematt.model import Failure, RunResult
     from lematt.report import Reporter
     from lematt.run import Options, write_summary
@@ -155,12 +159,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exception(exc)
         if args.json is not None:
             write_summary(args.json, RunResult().to_json(mode, os.getpid(), Failure.of(exc)))
-        return EXIT_FAILED
+        return EXIT_LOCKED if isinstance(exc, LockError) else EXIT_FAILED
     except KeyboardInterrupt:
         result = None
     if result is None:
         print("lematt: interrupted; every stored key+cert pair is intact", file=sys.stderr)
-        return EXIT_FAILED
+        return EXIT_INTERRUPTED
     if args.json is not None:
         write_summary(args.json, result.to_json(mode, os.getpid()))
     return EXIT_OK if result.ok else EXIT_FAILED

@@ -237,7 +237,7 @@ def test_second_concurrent_run_exits_with_a_clear_message(
             time.sleep(0.05)  # bounded wait for the first run to reach its update
         assert started.exists(), first.communicate(timeout=60)
         second = run_lematt("--test", "--config", conf)
-        assert second.returncode == 1
+        assert second.returncode == 75  # EX_TEMPFAIL: try again later
         assert "another lematt run" in second.stderr and str(first.pid) in second.stderr
         assert len(second.stderr.strip().splitlines()) == 1, second.stderr
     finally:
@@ -318,7 +318,7 @@ def test_interrupted_run_stops_prepares_removes_tokens_and_keeps_pairs(
         finally:
             pebble.clear_a("stuck.run.test")
             hole.close()
-        assert lematt.returncode == 1 and "interrupted" in err, err
+        assert lematt.returncode == 130 and "interrupted" in err, err
         assert "Traceback" not in err
         child = int(pidfile.read_text())
         assert not Path(f"/proc/{child}").exists() or "Z" in Path(
@@ -362,7 +362,7 @@ def test_ctrl_c_during_rsa_key_generation_prints_one_line(
         if lematt.poll() is None:
             os.killpg(lematt.pid, signal.SIGKILL)
             lematt.wait()
-    assert lematt.returncode == 1
+    assert lematt.returncode == 130
     assert err.strip().splitlines() == [
         "lematt: interrupted; every stored key+cert pair is intact"], err
     assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()

@@ -102,7 +102,7 @@ def test_sigterm_stops_the_order_processes_and_removes_their_tokens(
         for name in names:
             pebble.clear_a(name)
         hole.close()
-    assert lematt.returncode == 1 and "interrupted" in err, err
+    assert lematt.returncode == 130 and "interrupted" in err, err
     assert "Traceback" not in err
     for pid in workers:
         assert not Path(f"/proc/{pid}").exists() or "Z" in Path(
