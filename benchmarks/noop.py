@@ -6,7 +6,12 @@ certificates), then times ``python -m lematt --prod --cron`` from process start 
 several times. The first run after building may fill lematt's inventory cache; the figures
 that matter are the steady-state runs. Prints figures; asserts nothing. No network at all.
 
-    python3 benchmarks/noop.py [--lines 10000] [--runs 5] [--workdir DIR]
+With ``--original DIR`` (a checkout of the original lematt, e.g.
+../shared/reference/original-lematt) each run of lematt is followed by a run of the original
+``lematt.py --prod --cron`` on the same tree, and both medians and their ratio are printed.
+The conf dir carries the settings the original needs (it reads them all unconditionally).
+
+    python3 benchmarks/noop.py [--lines 10000] [--runs 5] [--workdir DIR] [--original DIR]
 """
 
 from __future__ import annotations
@@ -32,13 +37,23 @@ from lematt.testing.certs import LocalCA
 
 
 def build(conf_dir: Path, lines: int) -> None:
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    # Written every time (cheap): a tree built by an older version of this script gets them.
+    (conf_dir / "lematt.conf").write_text(
+        # Absolute: the original resolves it against its working directory.
+        f"[config]\naccountKey: {conf_dir.resolve()}/account.key\nchallengeDropDir: drop\n"
+        "directoryProd: https://127.0.0.1:9/dir\n"
+        # The original reads all of these, whatever their value:
+        "reauthorizeDays: 15\ngenerateNewCertsAfterDays: 0\nkeyBitsRSA: 2048\n"
+        "curve: prime256v1\nalwaysGenerateNewKeys: no\n")
+    # The original wants [default] (and reads [every]), an account key file that exists,
+    # and this intermediate (it fetches a missing one with wget). A no-op run reads none.
+    (conf_dir / "actions.conf").write_text("[default]\n[every]\n")
+    (conf_dir / "account.key").write_text("")
+    (conf_dir / "lets-encrypt-x3-cross-signed.pem").write_text("")
     marker = conf_dir / ".built"
     if marker.exists() and marker.read_text() == str(lines):
         return
-    conf_dir.mkdir(parents=True, exist_ok=True)
-    (conf_dir / "lematt.conf").write_text(
-        "[config]\naccountKey: account.key\nchallengeDropDir: drop\n"
-        "directoryProd: https://127.0.0.1:9/dir\n")
     (conf_dir / "domains").write_text(
         "".join(f"site{i}.noop.test www\n" for i in range(lines)))
     config = config_mod.load(conf_dir / "lematt.conf")
@@ -58,10 +73,13 @@ def build(conf_dir: Path, lines: int) -> None:
     marker.write_text(str(lines))
 
 
-def timed_run(conf_dir: Path) -> tuple[float, int, str, float]:
+def timed_run(conf_dir: Path, original: Path | None = None) -> tuple[float, int, str, float]:
+    """One no-op run of lematt (or, with ``original``, of the original lematt.py)."""
+    program = ([str(original / "lematt.py")] if original is not None else ["-m", "lematt"])
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "lematt", "--prod", "--cron", "--config",
-                           str(conf_dir / "lematt.conf")], cwd=REPO, env=lematt_env(),
+    proc = subprocess.run([sys.executable, *program, "--prod", "--cron", "--config",
+                           str(conf_dir / "lematt.conf")],
+                          cwd=original if original is not None else REPO, env=lematt_env(),
                           capture_output=True, text=True, check=False, timeout=600)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -74,6 +92,8 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--workdir", type=Path,
                     default=Path(tempfile.gettempdir()) / "lematt-bench-noop")
+    ap.add_argument("--original", type=Path, metavar="DIR",
+                    help="also time the original lematt.py in DIR on the same tree")
     args = ap.parse_args()
     conf_dir = args.workdir / f"conf-{args.lines}"
     t0 = time.perf_counter()
@@ -83,7 +103,8 @@ def main() -> int:
     # Forget any inventory cache so the first run shows the cold cost.
     for cache in conf_dir.glob("prod/.inventory*"):
         cache.unlink()
-    walls = []
+    walls: list[float] = []
+    originals: list[float] = []
     for i in range(args.runs):
         wall, code, output, rss = timed_run(conf_dir)
         walls.append(wall)
@@ -91,11 +112,23 @@ def main() -> int:
               f"peak RSS {rss:.0f} MiB", flush=True)
         if code or output:
             print(output[-2000:])
+        if args.original is not None:
+            # Alternating, so both see the same machine state.
+            wall, code, output, _ = timed_run(conf_dir, args.original)
+            originals.append(wall)
+            print(f"  original: {wall:.3f} s wall, exit {code}", flush=True)
+            if code:
+                print(output[-2000:])
     steady = walls[1:] or walls
-    print(json.dumps({"benchmark": "noop", "lines": args.lines, "certificates": 2 * args.lines,
-                      "first_run_s": round(walls[0], 3),
-                      "steady_median_s": round(statistics.median(steady), 3),
-                      "steady_min_s": round(min(steady), 3), "cpus": os.cpu_count()}))
+    figures: dict[str, object] = {
+        "benchmark": "noop", "lines": args.lines, "certificates": 2 * args.lines,
+        "first_run_s": round(walls[0], 3), "steady_median_s": round(statistics.median(steady), 3),
+        "steady_min_s": round(min(steady), 3), "cpus": os.cpu_count()}
+    if originals:
+        median = statistics.median(originals)
+        figures.update(original_median_s=round(median, 3),
+                       speedup=round(median / statistics.median(steady), 1))
+    print(json.dumps(figures))
     return 0
 
 
