@@ -57,12 +57,12 @@ def _group_alive(pgid: int) -> bool:
             continue
         try:
             with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
+                # After the command name: state, ppid, pgrp (proc(5)).
+                state, _ppid, pgrp = fh.read().rsplit(b")", 1)[1].split()[:3]
+            if int(pgrp) == pgid and state not in (b"Z", b"X"):
+                return True
+        except (OSError, ValueError, IndexError):
             continue  # gone meanwhile, or not readable
-        # After the command name: state, ppid, pgrp (proc(5)).
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in (b"Z", b"X"):
-            return True
     return False
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from lematt.challenges.server import ChallengeServer, ConnectionLimits
+from lematt.challenges.server import ChallengeServer, ConnectionLimits, _source
 from lematt.testing.pebble import PebbleRig
 from tests.e2e.conftest import PORT_OFFSET, REPO_ROOT, MakeConf
 
@@ -273,6 +273,16 @@ async def test_leaving_the_server_closes_what_it_still_holds() -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize(("peer", "source"), [
+    (("192.0.2.7", 4711), "192.0.2.7"),
+    (("2001:db8:1:2:3:4:5:6", 4711, 0, 0), "2001:db8:1:2::/64"),  # one host holds a /64
+    (("::ffff:192.0.2.7", 4711, 0, 0), "192.0.2.7"),  # IPv4 on a dual-stack socket
+])
+def test_connections_count_against_their_source_network(peer: tuple[object, ...],
+                                                         source: str) -> None:
+    assert _source(peer) == source
 
 
 def test_limits_follow_the_descriptor_limit() -> None:
