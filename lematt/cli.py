@@ -4,10 +4,11 @@
 Contract: ``main(argv)`` returns the exit status and never raises for expected problems:
 0 every certificate current or renewed and every action succeeded; 1 some certificate or
 action failed (all others still completed), or the run could not start (CA or account
-unreachable); 2 usage or config error, reported before anything changed; 75 (EX_TEMPFAIL)
-another run holds the lock - nothing was done, a later run will; 130 interrupted (Ctrl-C,
-SIGTERM, SIGHUP) after cleaning up.
-Errors are one line; a traceback only with ``--debug``.
+unreachable); 2 usage or config error, reported before anything changed (a ``--json``
+directory that is missing or not writable is one); 75 (EX_TEMPFAIL) another run holds the
+lock - nothing was done, a later run will; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP) after
+cleaning up. Errors are one line; a traceback only with ``--debug``. A ``--json`` summary
+that cannot be written at the end is one line and status 1.
 """
 
 from __future__ import annotations
@@ -126,8 +127,40 @@ def _first_leaf(group: BaseExceptionGroup[LemattError]) -> LemattError:
     return first
 
 
+def _json_target_problem(path: Path) -> str | None:
+    """Why ``--json PATH`` could not be written, checked before the run changes anything."""
+    directory = path.parent
+    if path.is_dir():
+        return f"{path} is a directory; name a file"
+    if not directory.is_dir():
+        return f"directory {directory} does not exist (or is not a directory); create it"
+    if not os.access(directory, os.W_OK | os.X_OK):
+        return f"directory {directory} is not writable by this user"
+    return None
+
+
+def _write_json(path: Path, summary: dict[str, object], debug: bool) -> bool:
+    """Write the ``--json`` summary; a failure is one line on stderr and False."""
+    from lematt.errors import StoreError
+    from lematt.run import write_summary
+
+    try:
+        write_summary(path, summary)
+    except StoreError as exc:
+        print(f"lematt: {exc}", file=sys.stderr)
+        if debug:
+            traceback.print_exception(exc)
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.json is not None:
+        problem = _json_target_problem(args.json)
+        if problem is not None:
+            print(f"lematt: --json {args.json}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     # Imports after parsing keep `lematt --help` and usage errors fast.
     import anyio
 
@@ -135,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lematt.errors import ConfigError, LemattError, LockError
     from lematt.model import Failure, RunResult
     from lematt.report import Reporter
-    from lematt.run import Options, write_summary
+    from lematt.run import Options
     from lematt.tuning import fewer_gc_passes
 
     reporter = Reporter(cron=args.cron, debug=args.debug, test=args.test)
@@ -158,13 +191,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exception(exc)
         if args.json is not None:
-            write_summary(args.json, RunResult().to_json(mode, os.getpid(), Failure.of(exc)))
+            _write_json(args.json, RunResult().to_json(mode, os.getpid(), Failure.of(exc)),
+                        args.debug)
         return EXIT_LOCKED if isinstance(exc, LockError) else EXIT_FAILED
     except KeyboardInterrupt:
         result = None
     if result is None:
         print("lematt: interrupted; every stored key+cert pair is intact", file=sys.stderr)
         return EXIT_INTERRUPTED
+    written = True
     if args.json is not None:
-        write_summary(args.json, result.to_json(mode, os.getpid()))
-    return EXIT_OK if result.ok else EXIT_FAILED
+        # A summary that cannot be written (the directory went away, a full disk) fails the
+        # run: whatever reads it would otherwise take an old one for this run's.
+        written = _write_json(args.json, result.to_json(mode, os.getpid()), args.debug)
+    return EXIT_OK if result.ok and written else EXIT_FAILED

@@ -24,6 +24,7 @@ import anyio
 
 from lematt.config import Config
 from lematt.deploy.deployer import Deployer, Pending
+from lematt.errors import StoreError
 from lematt.model import Job, RunResult
 from lematt.orders import order_all
 from lematt.orders.context import OrderEnv
@@ -105,6 +106,11 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """The JSON summary (``--json PATH``), written atomically so a reader never sees half."""
-    write_atomic(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
-                 PUBLIC_MODE)
+    """The JSON summary (``--json PATH``), written atomically so a reader never sees half.
+    A failure is a ``StoreError`` naming the path and the reason."""
+    try:
+        write_atomic(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
+                     PUBLIC_MODE)
+    except OSError as exc:
+        raise StoreError(f"cannot write the --json summary {path}: "
+                         f"{exc.strerror or exc}") from exc

@@ -33,8 +33,14 @@ ACTIONS_FILE_NAMES = ("actions.conf", "actions.yaml", "actions.yml")
 MUST_STAPLE_REFUSED = (
     "Let's Encrypt refuses orders with the must-staple extension since 2025-05-07"
 )
-_STORE_SUFFIX = len("-cert-combined.") + len(".test.pem")  # longest upstream file name part
-_NAME_MAX = 255  # bytes per file name on common file systems (ext4, xfs, zfs, apfs)
+# The longest file name lematt gives a certificate is "<stem>-cert-combined.<tag>.test.pem";
+# its temporary names add at most TEMP_NAME_EXTRA bytes to a final name: "." in front and
+# ".lematt-tmp-" + 8 hex digits behind (lematt.store.atomic.temp_name, and the SFTP staging
+# names of lematt.execution.sftp); the .staging names add "." + 8 hex digits.
+# tests/unit/test_config_hostile.py keeps this in step with those modules.
+_LONGEST_SUFFIX = len("-cert-combined.") + len(".test.pem")
+TEMP_NAME_EXTRA = len(".") + len(".lematt-tmp-") + 8
+NAME_MAX = 255  # bytes per file name on common file systems (ext4, xfs, zfs, btrfs, apfs)
 
 
 def load(config_path: Path) -> Config:
@@ -76,7 +82,7 @@ def load(config_path: Path) -> Config:
             f"{domains_path}:{first.lineno}: {len(staplers)} certificate(s) ask for OCSP "
             f"must-staple (ocspStapleRequired), first {first.primary}; "
             f"{MUST_STAPLE_REFUSED}: set it to no unless your CA still accepts it")
-    warnings += _long_stems(lines, settings, domains_path)
+    _check_file_names(lines, settings, domains_path)
     return Config(settings, tuple(lines), actions, tuple(warnings),
                   config_path=path, domains_path=domains_path, actions_path=actions_path)
 
@@ -115,16 +121,31 @@ def _apply_must_staple(lines: list[CertLine], actions: Actions, domains_path: Pa
     return result
 
 
-def _long_stems(lines: list[CertLine], settings: Settings, domains_path: Path) -> list[str]:
-    """Warn about lines whose upstream file names would pass the file-system limit."""
-    limit = _NAME_MAX - _STORE_SUFFIX - max(len(settings.rsa_tag), len(settings.curve_tag))
-    warnings = []
+def _check_file_names(lines: list[CertLine], settings: Settings, domains_path: Path) -> None:
+    """Refuse a line whose files could not be created: a name over ``NAME_MAX`` bytes.
+
+    The stem holds every name of its line (``names.file_stem``), so it is the longest part of
+    any file name lematt writes for the line, per-name symlinks included. Such a line cannot
+    work on any common file system, and it used to stop every run at the inventory scan
+    ("File name too long") for all lines. The ``.test`` names, the longer ones, are checked
+    in both modes: a line that fits only the production tree would break ``--test``.
+    """
+    tag = max((settings.tag(kt) for kt in settings.key_types), key=len)
+    limit = NAME_MAX - _LONGEST_SUFFIX - len(tag.encode()) - TEMP_NAME_EXTRA
+    too_long = []
     for line in lines:
         names = line.written_names or line.names
-        # Cheap upper bound first: the stem is never longer than all names joined.
-        if sum(map(len, names)) + len(names) > limit and len(line.file_stem) > limit:
-            warnings.append(
-                f"{domains_path}:{line.lineno}: the upstream file-name stem of this "
-                f"certificate is {len(line.file_stem)} characters; with lematt's suffixes it "
-                f"passes the {_NAME_MAX}-byte file-name limit of most file systems")
-    return warnings
+        # Cheap upper bound first (no sort): the stem is never longer than all names joined.
+        if sum(map(len, names)) + len(names) > limit and len(line.file_stem.encode()) > limit:
+            too_long.append(line)
+    if not too_long:
+        return
+    first = too_long[0]
+    stem = first.file_stem
+    others = f" (and {len(too_long) - 1} more line(s))" if len(too_long) > 1 else ""
+    raise ConfigError(
+        f"the file names of this certificate would be too long{others}: its names joined "
+        f"('{stem[:48]}...', {len(stem.encode())} bytes) plus '-cert-combined.{tag}.test.pem' "
+        f"and lematt's temporary suffix pass the {NAME_MAX}-byte limit of a file name "
+        f"(at most {limit} bytes of names fit); split the line into several certificates",
+        path=domains_path, line=first.lineno)

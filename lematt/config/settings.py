@@ -252,6 +252,8 @@ def _optional_days(value: object) -> float | None:
 
 def _path(value: object, conf_dir: Path) -> Path:
     text = _string(value)
+    if "\x00" in text:  # source.py refuses it in any value; a path is where it would crash
+        raise ValueError(f"{text!r} contains a NUL character, which no path can hold")
     path = Path(os.path.expanduser(text))
     return path if path.is_absolute() else conf_dir / path
 

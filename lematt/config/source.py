@@ -76,7 +76,7 @@ class Block:
 def read_text(path: Path, what: str) -> str:
     """Read ``path`` as UTF-8 (a leading BOM is dropped); ``what`` describes the file."""
     try:
-        return path.read_text(encoding="utf-8-sig")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise ConfigError(f"{what} not found", path=path) from None
     except IsADirectoryError:
@@ -86,6 +86,13 @@ def read_text(path: Path, what: str) -> str:
         raise ConfigError("not UTF-8 text", path=path, line=line) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the {what}: {exc.strerror}", path=path) from None
+    nul = text.find("\x00")
+    if nul >= 0:
+        # No value of lematt's may hold one: a path with it cannot be opened, a command
+        # with it cannot be run, and text after it would be silently cut off elsewhere.
+        raise ConfigError(f"a NUL character (byte 0) in the {what}; remove it",
+                          path=path, line=text.count("\n", 0, nul) + 1)
+    return text
 
 
 def detect_format(path: Path, text: str) -> Format:
@@ -194,9 +201,11 @@ def read_yaml(path: Path, text: str) -> object:
     """Parse YAML ``text``: mappings become ``Block``s (with key lines), lists lists, scalars
     Python values; an empty document is ``None``.
 
-    Rejected with the line: syntax errors, more than one document, a key twice in one
-    mapping, keys that are not strings, merge keys.
+    Rejected with the line: anchors and aliases (before anything is built, see
+    ``_refuse_anchors``), syntax errors, more than one document, a key twice in one mapping,
+    keys that are not strings, merge keys, NUL characters in strings.
     """
+    _refuse_anchors(path, text)
     loader = _SafeLoader(text)
     try:
         try:
@@ -211,6 +220,36 @@ def read_yaml(path: Path, text: str) -> object:
         if node is None:
             return None
         return _convert(path, loader, node, "")
+    finally:
+        loader.dispose()
+
+
+def _refuse_anchors(path: Path, text: str) -> None:
+    """Refuse YAML anchors (``&a``) and aliases (``*a``) before any node is built.
+
+    An alias makes a node appear again wherever it is used, so nine lines of nested aliases
+    (a "billion laughs") stand for 9**9 values: building them took minutes and gigabytes.
+    lematt's files never need to share a value, so both are refused outright, with the line
+    of the first one. Checked on the parser's events, which never expand anything; a file
+    with neither character skips the check (the no-op cron run reads these files).
+    """
+    if "&" not in text and "*" not in text:
+        return
+    loader = _SafeLoader(text)
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            anchor = getattr(event, "anchor", None)
+            if anchor is None:
+                continue
+            what = (f"alias '*{anchor}'" if isinstance(event, yaml.AliasEvent)
+                    else f"anchor '&{anchor}'")
+            raise ConfigError(
+                f"YAML {what}: anchors and aliases are not supported (they can expand a small "
+                "file into gigabytes); write the value out where it is needed",
+                path=path, line=event.start_mark.line + 1)
+    except yaml.YAMLError:
+        return  # a syntax error: composing reports it, with its line
     finally:
         loader.dispose()
 
@@ -241,10 +280,15 @@ def _convert(path: Path, loader: yaml.SafeLoader, node: yaml.Node, name: str) ->
 
 def _construct(path: Path, loader: yaml.SafeLoader, node: yaml.Node) -> object:
     try:
-        return loader.construct_object(node, deep=True)
+        value = loader.construct_object(node, deep=True)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", path=path,
                           line=node.start_mark.line + 1) from None
+    if isinstance(value, str) and "\x00" in value:
+        # YAML's "\0" escape: as a raw NUL in read_text, no value may hold one.
+        raise ConfigError("a NUL character (\\0) in a string; remove it", path=path,
+                          line=node.start_mark.line + 1)
+    return value
 
 
 def canonical_key(key: str, known: Sequence[str], ignore_case: bool) -> str | None:

@@ -23,10 +23,15 @@ Closing an SSH channel does not end a remote command without a pty, and sshd ref
 commands. So ``run``/``background`` start the command as
 ``printf '<marker> %s' "$$" >&2; exec "$SHELL" -c '<command>'``: the command is interpreted by
 the login shell exactly as a plain exec request would be, and we learn the id of the process
-group sshd made for the session (its ``setsid``). To stop it we run ``kill -TERM -<pgid>``,
-then ``kill -KILL -<pgid>``, on a second channel of the same connection, then close the
-channel. The marker line is removed from stderr. This needs a POSIX-style login shell (sh,
-bash, dash, zsh, ksh). A forced command gets no marker; on timeout its channel is only closed.
+group sshd made for the session (its ``setsid``). To stop it, one ``/bin/sh`` script on a
+second channel of the same connection does on the host what ``local.stop_group`` does here:
+SIGTERM (and SIGCONT) to the group, up to ``STOP_GRACE_SECONDS`` for all of it to end,
+SIGKILL to what is left, then a bounded check that nothing of the group is left (zombies
+do not count, read from /proc where the host has it); then the channel is closed. A
+background command is checked the same way also when it ended by itself at EOF, so nothing
+it started outlives it. The marker line is removed from stderr. This needs a POSIX-style
+login shell (sh, bash, dash, zsh, ksh). A forced command gets no marker; on timeout its
+channel is only closed.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ import asyncssh
 
 from lematt.errors import RemoteError
 from lematt.execution import STOP_GRACE_SECONDS, CommandResult, UploadFile, tail
+from lematt.execution.local import KILL_WAIT_SECONDS
 from lematt.execution.sftp import install, reason
 from lematt.execution.ssh_config import (
     SshDestination,
@@ -137,6 +143,38 @@ class RemoteProcess:
                 await self._out.changed()
             return bytes(self._out.data).split(b"\n", 1)[0].decode(errors="replace")
         return None
+
+
+# Stops process group @G@ on the host (see the module docstring); prints "gone" or "left".
+# POSIX sh only: parameter expansion instead of word splitting (zsh does not split), and a
+# fractional sleep where the host's sleep takes one (GNU, BSD, busybox), else whole seconds.
+_STOP_SCRIPT = """\
+g=@G@
+alive() {
+  kill -0 -$g 2>/dev/null || return 1
+  [ -r /proc/self/stat ] || return 0
+  for f in /proc/[0-9]*/stat; do
+    { read -r l < "$f"; } 2>/dev/null || continue
+    r=${l##*) }; st=${r%% *}; r=${r#* }; r=${r#* }
+    [ "${r%% *}" = "$g" ] && [ "$st" != Z ] && [ "$st" != X ] && return 0
+  done
+  return 1
+}
+settle() {
+  i=0
+  while alive && [ $i -lt $1 ]; do sleep 0.1 2>/dev/null || sleep 1; i=$((i + 1)); done
+}
+if alive; then kill -TERM -$g; kill -CONT -$g; settle @TERM_ROUNDS@; fi 2>/dev/null
+if alive; then kill -KILL -$g; settle @KILL_ROUNDS@; fi 2>/dev/null
+if alive; then echo left; else echo gone; fi
+"""
+
+
+def _stop_command(pgid: int) -> str:
+    script = (_STOP_SCRIPT.replace("@G@", str(pgid))
+              .replace("@TERM_ROUNDS@", str(max(1, round(STOP_GRACE_SECONDS * 10))))
+              .replace("@KILL_ROUNDS@", str(max(1, round(KILL_WAIT_SECONDS * 10)))))
+    return f"/bin/sh -c {shlex.quote(script)}"
 
 
 def _wrap(command: str, token: str) -> str:
@@ -317,25 +355,27 @@ class SshRunner:
                     proc.stdin.write_eof()
                 with anyio.move_on_after(STOP_GRACE_SECONDS):
                     await proc.wait_closed()
-                if proc.returncode is None:
+                # Also when it ended by itself: what it started may still run.
+                if proc.returncode is None or err.pgid is not None:
                     await self._stop(conn, proc, err.pgid)
 
     async def _stop(self, conn: asyncssh.SSHClientConnection,
-                    proc: asyncssh.SSHClientProcess[bytes], pgid: int | None) -> None:
-        """End a remote command: TERM then KILL its process group, then close the channel.
-        Shielded and bounded: runs on timeouts and on cancellation alike."""
+                    proc: asyncssh.SSHClientProcess[bytes], pgid: int | None) -> bool:
+        """End a remote command and everything in its process group (the module docstring),
+        then close the channel. Shielded and bounded: runs on timeouts and on cancellation
+        alike. Returns whether the group is confirmed gone (False without a ``pgid``)."""
+        gone = False
         with anyio.CancelScope(shield=True):
             if pgid is not None:
-                for sig in ("TERM", "KILL"):
-                    with anyio.move_on_after(STOP_GRACE_SECONDS):
-                        with contextlib.suppress(asyncssh.Error, OSError):
-                            await conn.run(f"kill -{sig} -{pgid}", check=False)
-                        await proc.wait_closed()
-                    if proc.returncode is not None:
-                        break
+                with anyio.move_on_after(STOP_GRACE_SECONDS + KILL_WAIT_SECONDS
+                                         + CLOSE_TIMEOUT):
+                    with contextlib.suppress(asyncssh.Error, OSError):
+                        result = await conn.run(_stop_command(pgid), check=False)
+                        gone = str(result.stdout).strip() == "gone"
             proc.close()
             with anyio.move_on_after(CLOSE_TIMEOUT):
                 await proc.wait_closed()
+        return gone
 
     async def upload(self, files: Sequence[UploadFile], remote_dir: str, *,
                      timeout: float | None = None) -> None:

@@ -52,7 +52,7 @@ def _read(path: Path, limit: int | None = None) -> bytes | None:
             return fh.read(limit if limit is not None else -1)
     except FileNotFoundError:
         return None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in the path (config refuses it)
         raise StoreError(f"cannot read {path}: {exc}") from exc
 
 
@@ -66,7 +66,7 @@ def load_or_create_account_key(path: Path, announce: Callable[[str], None]) -> c
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, data, KEY_MODE)
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             raise StoreError(f"accountKey {path}: cannot create it: {exc}") from exc
         announce(f"created a new ACME account key (EC P-256) at {path}")
     return crypto.load_private_key(data, source=f"accountKey {path}")
