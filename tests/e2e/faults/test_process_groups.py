@@ -83,8 +83,11 @@ def test_prepare_child_ignoring_sigterm_is_gone_after_the_run(
         tmp_path: Path, make_conf: MakeConf) -> None:
     seconds = 3301
     pidfile = tmp_path / "child.pid"
-    prepare = _deaf_child(pidfile, seconds, "wait")
-    (tmp_path / "actions.conf").write_text(f"[default]\nprepare: [{json.dumps(prepare)}]\n")
+    # A prepare string runs without a shell (as in the original lematt): a script forks.
+    script = tmp_path / "prepare.sh"
+    script.write_text(f"#!/bin/sh\n{_deaf_child(pidfile, seconds, 'wait')}\n")
+    script.chmod(0o755)
+    (tmp_path / "actions.conf").write_text(f"[default]\nprepare: [{json.dumps(str(script))}]\n")
     conf = make_conf(tmp_path, "deaf.groups.test\n", extra_conf={"keyTypes": "ec"})
     result = subprocess.run([sys.executable, "-m", "lematt", "--test", "--config", str(conf)],
                             cwd=REPO_ROOT, stdin=subprocess.DEVNULL, capture_output=True,
