@@ -123,10 +123,10 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
-async def _read_body(resp: aiohttp.ClientResponse, url: str, limit: int) -> bytes:
+async def _read_body(resp: aiohttp.ClientResponse, url: str, limit: int, head: str) -> bytes:
     """The body, read as it arrives and never past ``limit`` bytes (else ``AcmeError``)."""
     def too_big() -> AcmeError:
-        return AcmeError(f"the CA's reply from {url} is larger than {limit >> 10} KiB; "
+        return AcmeError(f"{head}the CA's reply from {url} is larger than {limit >> 10} KiB; "
                          "lematt stopped reading it (a broken or hostile CA)")
 
     if resp.content_length is not None and resp.content_length > limit:
@@ -174,6 +174,7 @@ class Transport:
         library errors mapped. The one way lematt sends anything to the CA."""
         # The URL as aiohttp will use it, parsed once: what was checked is what is sent to.
         target = self.origins.check(url, what)
+        head = f"{what}: " if what else ""
         await self._limiter.acquire(self.directory.endpoint_name(url))
         # No compressed bodies: lematt reads a body only up to a limit, and a decompressor
         # would let a few kB grow into gigabytes before that limit is seen.
@@ -186,26 +187,27 @@ class Transport:
             async with self._session.request(
                 method, target, data=data, headers=headers, allow_redirects=False
             ) as resp:
-                body = await _read_body(resp, url, limit)
+                body = await _read_body(resp, url, limit, head)
                 reply = Reply(url, resp.status, resp.headers, body)
         except TimeoutError:
             raise AcmeTimeoutError(
-                f"no answer from the CA at {url} within {self._timeout:g} s; "
+                f"{head}no answer from the CA at {url} within {self._timeout:g} s; "
                 "the CA may be overloaded or unreachable, try again later"
             ) from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise AcmeError(
-                f"the TLS certificate of the CA at {url} is not trusted ({exc.certificate_error}); "
-                "for a private CA set caBundle in lematt.conf"
+                f"{head}the TLS certificate of the CA at {url} is not trusted "
+                f"({exc.certificate_error}); for a private CA set caBundle in lematt.conf"
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise AcmeNetworkError(
-                f"cannot connect to the CA at {url}: {exc.os_error.strerror or exc}; "
+                f"{head}cannot connect to the CA at {url}: {exc.os_error.strerror or exc}; "
                 "check the directory URL and this machine's network"
             ) from None
         except aiohttp.ClientError as exc:
             raise AcmeNetworkError(
-                f"talking to the CA at {url} failed: {exc or type(exc).__name__}; try again later"
+                f"{head}talking to the CA at {url} failed: {exc or type(exc).__name__}; "
+                "try again later"
             ) from None
         nonce = reply.headers.get("Replay-Nonce")
         if nonce and _NONCE_RE.fullmatch(nonce):
