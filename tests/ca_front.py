@@ -37,10 +37,9 @@ too.
 ``front.kind_of(request)`` names what a request is for - ``directory``, ``newNonce``,
 ``newAccount``, ``newOrder``, ``account``, ``order``, ``authz``, ``challenge``, ``finalize``,
 ``certificate`` - and for which names (learnt from the CA's replies to the orders);
-``Fault(kind, name, ...)`` is a rule or rewrite that acts on the requests of one kind (or a
-tuple of kinds) for one name's orders only, a bounded number of ``times``. ``front.csrs``
-keeps the CSR each order was finalized with (by names), so a rewrite can forge a certificate
-for lematt's own key.
+(``tests.e2e.faults.kit.Fault`` acts on the requests of one kind for one name's orders.)
+``front.csrs`` keeps the CSR each order was finalized with (by names), so a rewrite can forge
+a certificate for lematt's own key.
 ``reuse_orders()`` is the rule pair that hands back the first still-unfinalized order of the
 same account and identifiers, as Boulder does (``state["reused"]`` and ``state["created"]``
 count them).
@@ -361,47 +360,6 @@ def directory_path(front: CaFront, name: str) -> str:
         reply = front.forward(Request("GET", urlsplit(front.directory_url).path, {}, b""))
         front.state["directory"] = json.loads(reply.body)
     return urlsplit(front.state["directory"][name]).path
-
-
-@dataclass
-class Fault:
-    """A fault for the requests of ``kind`` (see ``CaFront.kind_of``) belonging to the orders
-    of ``name`` (None: every such request), at most ``times`` times (None: always).
-
-    Used as a rule (``answer``: a ``Reply``, or ``answer(front, request)``, given instead of
-    the CA's) or as a rewrite (``change(front, request, reply)``: the CA's reply changed).
-    ``hits`` counts the requests it acted on."""
-
-    kind: str | tuple[str, ...]
-    name: str | None = None
-    answer: Reply | Callable[[CaFront, Request], Reply] | None = None
-    change: Callable[[CaFront, Request, Reply], Reply] | None = None
-    times: int | None = None
-    method: str | None = "POST"
-    hits: int = 0
-
-    def _matches(self, front: CaFront, request: Request) -> bool:
-        if self.method is not None and request.method != self.method:
-            return False
-        if self.times is not None and self.hits >= self.times:
-            return False
-        kind, names = front.kind_of(request)
-        kinds = (self.kind,) if isinstance(self.kind, str) else self.kind
-        return kind in kinds and (self.name is None or self.name in names)
-
-    def rule(self, front: CaFront, request: Request) -> Reply | None:
-        if self.answer is None or not self._matches(front, request):
-            return None
-        with front.lock:
-            self.hits += 1
-        return self.answer(front, request) if callable(self.answer) else self.answer
-
-    def rewrite(self, front: CaFront, request: Request, reply: Reply) -> Reply | None:
-        if self.change is None or reply.status >= 400 or not self._matches(front, request):
-            return None
-        with front.lock:
-            self.hits += 1
-        return self.change(front, request, reply)
 
 
 def reuse_orders() -> tuple[Rule, After]:

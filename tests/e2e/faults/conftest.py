@@ -4,8 +4,8 @@ Why a proxy: every case here is something no honest CA does on purpose - a forei
 forged chain, an endless body, a reset, a newline in a problem detail - or does only when it
 is overloaded (503/429 with Retry-After). Pebble cannot be made to do them, so
 ``tests.ca_front.CaFront`` sits between lematt and the session Pebble, forwards everything,
-and changes only what the test's ``Fault``s name. Everything else is Pebble's real answer,
-and lematt runs as a process exactly as cron runs it.
+and changes only what the test's ``Fault``s (``tests.e2e.faults.kit``) name. Everything else
+is Pebble's real answer, and lematt runs as a process exactly as cron runs it.
 
 Each scenario orders two domains lines (EC only, to keep the suite quick): the target
 ``t.<case>.faults.test``, whose requests the faults act on, and the bystander
@@ -30,8 +30,9 @@ from typing import Any
 import pytest
 
 from lematt.testing.pebble import PebbleRig
-from tests.ca_front import CaFront, Fault
+from tests.ca_front import CaFront
 from tests.e2e.conftest import ChallengeDrop, MakeConf, RunLematt
+from tests.e2e.faults.kit import Fault
 from tests.e2e.test_run import assert_pair, tree
 
 REQUEST_TIMEOUT = 3  # acmeRequestTimeout in the scenarios' configs

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.ca_front import Fault, Reply
+from tests.ca_front import Reply
 from tests.e2e.faults.conftest import REQUEST_TIMEOUT, TARGET, RunFaults
-from tests.e2e.faults.replies import JSON, busy
+from tests.e2e.faults.kit import JSON, Fault, busy
 
 
 @dataclass

@@ -18,8 +18,9 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from tests.ca_front import CaFront, Fault, Reply, Request
+from tests.ca_front import CaFront, Reply, Request
 from tests.e2e.faults.conftest import TARGET, RunFaults
+from tests.e2e.faults.kit import Fault
 from tests.forge import Issuer, csr_identity, pem
 
 Forge = Callable[[x509.Certificate, Issuer, object, tuple[str, ...]], bytes]

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.ca_front import CaFront, Fault, Reply, Request
+from tests.ca_front import CaFront, Reply, Request
 from tests.e2e.faults.conftest import TARGET, RunFaults
-from tests.e2e.faults.replies import edit_json, move_header
+from tests.e2e.faults.kit import Fault, edit_json, move_header
 
 OFF_ORIGIN = "not on its directory's origin"
 CLEARTEXT = "never sends requests to the CA in cleartext"

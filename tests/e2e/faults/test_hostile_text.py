@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.ca_front import CaFront, Fault
+from tests.ca_front import CaFront
 from tests.e2e.faults.conftest import TARGET, RunFaults, Scenario
-from tests.e2e.faults.replies import ANSI, ERR, FORGED_LINE, edit_json, problem
+from tests.e2e.faults.kit import ANSI, ERR, FORGED_LINE, Fault, edit_json, problem
 
 HOSTILE_TOKENS = {
     "parent directory": "../x",

@@ -19,9 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.ca_front import CaFront, Fault, Request
+from tests.ca_front import CaFront, Request
 from tests.e2e.faults.conftest import RunFaults
-from tests.e2e.faults.replies import ERR, edit_json, problem
+from tests.e2e.faults.kit import ERR, Fault, edit_json, problem
 
 DEADLINE = 4  # seconds; far below orderTimeout (60 s in the fault suite's configs)
 

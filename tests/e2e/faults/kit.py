@@ -1,9 +1,11 @@
-"""Replies and rewrites a broken or hostile CA gives, for the fault suite's ``Fault``s."""
+"""The fault suite's kit: ``Fault`` (what the fault proxy changes, for which requests) and
+the replies and rewrites a broken or hostile CA gives."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from tests.ca_front import CaFront, Reply, Request
@@ -50,3 +52,44 @@ def move_header(name: str, scheme: str = "https") -> Change:
         headers[name] = front.foreign_url(headers[name], scheme)
         return Reply(reply.status, headers, reply.body)
     return change
+
+
+@dataclass
+class Fault:
+    """A fault for the requests of ``kind`` (see ``CaFront.kind_of``) belonging to the orders
+    of ``name`` (None: every such request), at most ``times`` times (None: always).
+
+    Used as a rule (``answer``: a ``Reply``, or ``answer(front, request)``, given instead of
+    the CA's) or as a rewrite (``change(front, request, reply)``: the CA's reply changed).
+    ``hits`` counts the requests it acted on."""
+
+    kind: str | tuple[str, ...]
+    name: str | None = None
+    answer: Reply | Callable[[CaFront, Request], Reply] | None = None
+    change: Callable[[CaFront, Request, Reply], Reply] | None = None
+    times: int | None = None
+    method: str | None = "POST"
+    hits: int = 0
+
+    def _matches(self, front: CaFront, request: Request) -> bool:
+        if self.method is not None and request.method != self.method:
+            return False
+        if self.times is not None and self.hits >= self.times:
+            return False
+        kind, names = front.kind_of(request)
+        kinds = (self.kind,) if isinstance(self.kind, str) else self.kind
+        return kind in kinds and (self.name is None or self.name in names)
+
+    def rule(self, front: CaFront, request: Request) -> Reply | None:
+        if self.answer is None or not self._matches(front, request):
+            return None
+        with front.lock:
+            self.hits += 1
+        return self.answer(front, request) if callable(self.answer) else self.answer
+
+    def rewrite(self, front: CaFront, request: Request, reply: Reply) -> Reply | None:
+        if self.change is None or reply.status >= 400 or not self._matches(front, request):
+            return None
+        with front.lock:
+            self.hits += 1
+        return self.change(front, request, reply)
