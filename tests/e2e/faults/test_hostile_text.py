@@ -99,3 +99,19 @@ def test_a_hostile_problem_text_is_printed_escaped(run_faults: RunFaults, case: 
     scenario.assert_contained()
     line = scenario.assert_target_failed(*case.expect)
     assert line == _assert_escaped(scenario)
+
+
+def _other_name(front: CaFront, authz: dict[str, Any]) -> None:
+    authz["identifier"]["value"] = "www.bank.test"
+
+
+def test_an_authorization_for_a_name_not_requested_is_refused(run_faults: RunFaults) -> None:
+    """An authorization is proven only for a name of the order: one for another name would
+    make lematt serve a key authorization (or start a forwarder) for a name not its own."""
+    fault = Fault("authz", TARGET, change=edit_json(_other_name))
+    scenario = run_faults("authz for another name", [fault])
+    assert fault.hits >= 1
+    scenario.assert_contained()
+    scenario.assert_target_failed(
+        "the CA sent an authorization for www.bank.test, which was not requested",
+        "nothing was presented", kind="validation")
