@@ -1,5 +1,5 @@
 """Command line: ``lematt (--test | --prod) [--config PATH] [--parallel N] [--processes N]
-[--cron] [--json PATH] [--debug]``.
+[--deadline SECONDS] [--cron] [--json PATH] [--debug]``.
 
 Contract: ``main(argv)`` returns the exit status and never raises for expected problems:
 0 every certificate current or renewed and every action succeeded; 1 some certificate or
@@ -51,6 +51,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError("must be a number of seconds greater than 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lematt", description="Keep RSA and EC certificates for every domains "
                 "line fresh from an ACME CA, and deploy them.")
@@ -70,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--processes", type=_positive, metavar="N",
                    help="spread the orders over N processes, to use N cores in bulk runs "
                         "against a nearby CA (default: lematt.conf's processes, else 1)")
+    p.add_argument("--deadline", type=_seconds, metavar="SECONDS",
+                   help="end the orders this many seconds after the start: unfinished "
+                        "certificates fail with a timeout, renewed ones are still deployed "
+                        "(default: lematt.conf's runTimeout, else no limit)")
     p.add_argument("--cron", action="store_true",
                    help="print nothing when nothing is due; else only renewals, actions "
                         "and failures")
@@ -181,7 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     s = config.settings
     options = Options(test=args.test, parallel=args.parallel or s.parallel,
-                      processes=args.processes or s.processes)
+                      processes=args.processes or s.processes,
+                      deadline=args.deadline or s.run_timeout)
     mode = "test" if options.test else "prod"
     fewer_gc_passes()
     try:

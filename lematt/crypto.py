@@ -9,17 +9,32 @@ Contract:
 - ``make_csr`` always puts every name into subjectAltName (RFC 8555 section 7.4 identifies a
   certificate by its SANs; the CN alone is deprecated) and the first name into the CN.
 - ``read_certificate`` raises ``CryptoError`` for anything that is not a PEM certificate.
+- ``check_issued`` is the one check a downloaded chain passes before any byte of it is stored
+  (see there); ``normalized_chain`` is the chain as lematt stores it: its certificates only.
 """
 
 from __future__ import annotations
 
+import itertools
+import re
+from datetime import UTC, datetime, timedelta
+
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lematt.errors import CryptoError
+from lematt.errors import CryptoError, printable
 from lematt.model import CURVE_NAMES, CertInfo
+
+# A chain is a leaf and a few CA certificates (Let's Encrypt: 2); more is not a chain a
+# server should send, and bounds the work of checking it.
+MAX_CHAIN_CERTS = 10
+# A CA on another machine may run a little ahead of this one: a leaf whose notBefore is this
+# much in the future is still accepted as valid now (Let's Encrypt backdates by an hour).
+CLOCK_SKEW = timedelta(minutes=5)
+_PEM_LABEL_RE = re.compile(rb"-----BEGIN ([^-\r\n]{1,64})-----")
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
@@ -136,19 +151,125 @@ def read_certificate(pem: bytes, *, source: str = "certificate") -> CertInfo:
     )
 
 
-def check_issued(chain_pem: bytes, key: PrivateKey, names: tuple[str, ...]) -> CertInfo:
-    """Verify a downloaded chain before any byte of it is stored.
+def _chain(chain_pem: bytes) -> list[x509.Certificate]:
+    """The certificates of a PEM chain, leaf first; anything but certificates is refused."""
+    labels = {m.group(1) for m in _PEM_LABEL_RE.finditer(chain_pem)}
+    if labels - {b"CERTIFICATE"}:
+        other = ", ".join(sorted(printable(label.decode("ascii", "replace"))
+                                 for label in labels - {b"CERTIFICATE"}))
+        raise CryptoError(f"the CA sent a chain with other PEM blocks in it ({other}); "
+                          "nothing stored")
+    try:
+        certs = x509.load_pem_x509_certificates(chain_pem)
+    except ValueError as exc:
+        raise CryptoError(f"the CA sent no readable PEM certificate chain ({exc}); "
+                          "nothing stored") from None
+    if len(certs) > MAX_CHAIN_CERTS:
+        raise CryptoError(f"the CA sent a chain of {len(certs)} certificates (at most "
+                          f"{MAX_CHAIN_CERTS} make sense); nothing stored")
+    return certs
 
-    The leaf must certify our public key and exactly the requested names; a CA (or a
-    man in the middle of a misconfigured proxy) answering with anything else must not
-    replace a working pair.
+
+def normalized_chain(chain_pem: bytes) -> bytes:
+    """The chain's certificates as PEM, leaf first, and nothing else (RFC 7468 allows text
+    around the blocks; lematt does not store it)."""
+    return b"".join(cert.public_bytes(serialization.Encoding.PEM)
+                    for cert in _chain(chain_pem))
+
+
+def _names_shown(names: frozenset[str] | tuple[str, ...]) -> str:
+    return printable(" ".join(sorted(names)), 300)
+
+
+def check_issued(chain_pem: bytes, key: PrivateKey, names: tuple[str, ...], *,
+                 now: datetime | None = None) -> CertInfo:
+    """Verify a downloaded chain before any byte of it is stored; return the leaf's info.
+
+    A CA (or a man in the middle of a misconfigured proxy) answering with anything else must
+    not replace a working pair, so the chain must be a chain:
+
+    * the leaf certifies our public key and exactly the requested names (only DNS names in
+      its subjectAltName), is valid now (``CLOCK_SKEW`` allowed for notBefore), is not a CA
+      certificate, and, when it has an extendedKeyUsage, allows serverAuth (RFC 5280
+      4.2.1.12: a server certificate without it would be refused by TLS clients);
+    * every certificate is signed by the next one (its issuer name is the next one's subject
+      and the signature verifies with the next one's key; RFC 5280 section 6.1), and every
+      next one is a CA certificate (basicConstraints cA, keyCertSign when keyUsage is
+      present; RFC 5280 4.2.1.9, 4.2.1.3).
+
+    Whether the last one leads to a root the relying parties trust is theirs to decide (a
+    test CA's root changes with every start); what lematt makes sure of is that the chain
+    is the CA's chain for our key, so a server configured with it serves one that links.
     """
-    info = read_certificate(chain_pem, source="the certificate the CA sent")
+    certs = _chain(chain_pem)
+    try:
+        return _check(certs, key, names, now or datetime.now(UTC))
+    except ValueError as exc:  # cryptography parses extensions lazily: a malformed one
+        raise CryptoError(f"the CA sent an unreadable certificate ({printable(str(exc), 200)})"
+                          "; nothing stored") from None
+
+
+def _check(certs: list[x509.Certificate], key: PrivateKey, names: tuple[str, ...],
+           now: datetime) -> CertInfo:
+    leaf = certs[0]
+    info = read_certificate(leaf.public_bytes(serialization.Encoding.PEM),
+                            source="the certificate the CA sent")
     if info.public_key_der != public_key_der(key):
         raise CryptoError("the CA sent a certificate for a different public key; nothing stored")
-    if info.names != frozenset(names):
-        got = " ".join(sorted(info.names))
+    try:
+        san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        san = None
+    others = [n for n in san if not isinstance(n, x509.DNSName)] if san is not None else []
+    if info.names != frozenset(names) or others:
+        extra = f" and {len(others)} other identities" if others else ""
         raise CryptoError(
-            f"the CA sent a certificate for other names ({got}) than requested; nothing stored"
-        )
+            f"the CA sent a certificate for other names ({_names_shown(info.names)}{extra}) "
+            f"than requested ({_names_shown(names)}); nothing stored")
+    if not info.not_before - CLOCK_SKEW <= now <= info.not_after:
+        raise CryptoError(
+            f"the CA sent a certificate that is not valid now (valid from "
+            f"{info.not_before:%Y-%m-%d %H:%M:%S} to {info.not_after:%Y-%m-%d %H:%M:%S} UTC); "
+            "nothing stored; check this machine's clock")
+    if _is_ca(leaf):
+        raise CryptoError("the CA sent a CA certificate instead of a server certificate; "
+                          "nothing stored")
+    try:
+        eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        eku = None
+    if eku is not None and ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+        raise CryptoError("the CA sent a certificate that does not allow TLS server "
+                          "authentication (no serverAuth in its extendedKeyUsage); "
+                          "nothing stored")
+    for number, (child, parent) in enumerate(itertools.pairwise(certs), start=1):
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            raise CryptoError(
+                f"the CA sent a chain that is not a chain: certificate {number} is not signed "
+                f"by certificate {number + 1} ({printable(parent.subject.rfc4514_string(), 200)}"
+                "); nothing stored") from None
+        if not _is_ca(parent, signs_certificates=True):
+            raise CryptoError(
+                f"the CA sent a chain whose certificate {number + 1} is not a CA certificate; "
+                "nothing stored")
     return info
+
+
+def _is_ca(cert: x509.Certificate, *, signs_certificates: bool = False) -> bool:
+    try:
+        constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except (x509.ExtensionNotFound, ValueError):
+        return False
+    if not constraints.ca:
+        return False
+    if signs_certificates:
+        try:
+            usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            return True
+        except ValueError:
+            return False
+        return usage.key_cert_sign
+    return True

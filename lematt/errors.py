@@ -4,11 +4,34 @@ Contract: every error lematt raises on purpose is a ``LemattError``; its ``str()
 sentence shown to the user (what failed, for which file/cert/host, and what to do), so the CLI
 prints it as it is and shows a traceback only with ``--debug``. Library exceptions (aiohttp,
 cryptography, OSError) are mapped to these types once, at the module that calls the library.
+
+Text from the CA is not trusted: the errors that carry it (``AcmeProblem``, ``AcmeError``,
+``ChallengeError``) pass their text through ``printable`` when they are made, so a newline in a
+problem detail cannot forge a report line and an ANSI escape cannot reach a terminal, whatever
+path the error takes afterwards (stderr, ``--json``, an order process's answer).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+# A CA's problem detail is a sentence; a longer one is cut so that it stays one readable line.
+MAX_CA_DETAIL = 500
+
+
+def printable(text: str, limit: int | None = None) -> str:
+    """``text`` with every character that is not printable (C0 and C1 controls, DEL, line and
+    paragraph separators, bidi and other format characters) written as its Python escape
+    (``\\n``, ``\\x1b``, ``\\u202e``), cut to ``limit`` characters when given.
+
+    Idempotent (a backslash stays a backslash), so an error made again from an escaped text
+    is unchanged."""
+    if not text.isprintable():
+        text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                       for ch in text)
+    if limit is not None and len(text) > limit:
+        text = text[: max(0, limit - 3)] + "..."
+    return text
 
 
 class LemattError(Exception):
@@ -55,6 +78,12 @@ class AcmeProblem(LemattError):
     context: str = ""
 
     def __post_init__(self) -> None:
+        # Every field may hold the CA's text (the context names CA URLs): escape it here,
+        # once, so that every way this error is shown is one line without escapes.
+        self.type = printable(self.type, MAX_CA_DETAIL)
+        self.detail = printable(self.detail, MAX_CA_DETAIL)
+        self.identifier = printable(self.identifier, 300) if self.identifier else None
+        self.context = printable(self.context)
         super().__init__(str(self))
 
     @property
@@ -75,7 +104,12 @@ class AcmeProblem(LemattError):
 
 
 class AcmeError(LemattError):
-    """Talking to the CA failed without a problem document (a reply lematt cannot use)."""
+    """Talking to the CA failed without a problem document (a reply lematt cannot use).
+
+    The message often quotes the CA (a URL, a field, a body): it is made ``printable``."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(printable(str(message)))
 
 
 class AcmeNetworkError(AcmeError):
@@ -87,7 +121,11 @@ class AcmeTimeoutError(AcmeError):
 
 
 class ChallengeError(LemattError):
-    """A challenge could not be presented or did not validate."""
+    """A challenge could not be presented or did not validate (``printable`` message: it
+    quotes the CA's names, tokens and problems)."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(printable(str(message)))
 
 
 class RemoteError(LemattError):

@@ -5,6 +5,8 @@ an earlier crash interrupted, plans (pure, ``lematt.plan``), orders every due jo
 (``lematt.orders``: at most ``options.parallel`` lines in flight, each inside its forwarders
 and prepare commands; new pairs stored atomically), then deploys the renewed certificates
 and every deploy an earlier run still owes (``lematt.deploy``), and returns a ``RunResult``.
+``options.deadline`` bounds the orders (counted from the start of the run): past it, every
+unfinished job fails with a timeout, and what was renewed is still deployed.
 A job's or a step's failure is a value in the result; only run-wide problems (the lock, the
 account, the challenge listener, the CA's directory) raise, as ``LemattError``. One SSH pool
 serves the whole run (forwarders and deploys), opened only when an SSH action may run.
@@ -42,6 +44,9 @@ class Options:
     parallel: int = 20
     now: datetime | None = None
     processes: int = 1  # order processes (``--processes``); see lematt.orders.processes
+    # Seconds from the start of the run after which unfinished orders fail with a timeout
+    # (``--deadline`` / ``runTimeout``); None: each order has only its own orderTimeout.
+    deadline: float | None = None
 
 
 def _needs_ssh(config: Config, jobs: list[Job], pending: Pending) -> bool:
@@ -61,6 +66,7 @@ def _needs_ssh(config: Config, jobs: list[Job], pending: Pending) -> bool:
 
 async def run(config: Config, options: Options, reporter: Reporter) -> RunResult:
     settings = config.settings
+    deadline = None if options.deadline is None else anyio.current_time() + options.deadline
     store = Store(settings, test=options.test)
     result = RunResult()
     with store.lock() as lock_fd:
@@ -94,7 +100,7 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
                     connect_timeout=settings.ssh_connect_timeout,
                     command_timeout=settings.ssh_command_timeout))
             if jobs:
-                result.outcomes = await order_all(env, jobs, pool)
+                result.outcomes = await order_all(env, jobs, pool, deadline=deadline)
             renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
             renewed = [line for line in config.lines if line.lineno in renewed_numbers]
             if renewed or pending:

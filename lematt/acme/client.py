@@ -9,6 +9,10 @@ transport's rules (timeouts, rate limits, nonces, retries, problem documents).
   itself; when the CA no longer knows a remembered account (``accountDoesNotExist``), the key
   is registered again once and the request resent.
 * Orders: new order, authorizations, challenges, finalize, polls under a deadline, download.
+* Every URL the CA gives is followed only on the directory's origin or one in
+  ``allowed_origins`` (``lematt.acme.origins``, enforced by the transport); an account URL
+  on another origin is refused when it is learnt. Link headers are not followed at all
+  (lematt needs neither alternate chains nor the ``up`` link: the chain is one download).
 """
 
 from __future__ import annotations
@@ -24,7 +28,13 @@ import anyio
 from lematt.acme.jws import AccountKey, AccountSigner, b64url
 from lematt.acme.limits import RequestRateLimiter
 from lematt.acme.messages import Account, Authorization, Challenge, Directory, Order, Status
-from lematt.acme.transport import DEFAULT_USER_AGENT, Reply, Transport, open_transport
+from lematt.acme.transport import (
+    DEFAULT_USER_AGENT,
+    MAX_CHAIN_BODY,
+    Reply,
+    Transport,
+    open_transport,
+)
 from lematt.errors import AcmeError
 
 
@@ -32,7 +42,7 @@ def _account_status(reply: Reply) -> Status | None:
     """The account status in a reply body, or None when the body has no account object."""
     try:
         data = json.loads(reply.body) if reply.body.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or "status" not in data:
         return None
@@ -61,6 +71,7 @@ class AcmeClient:
         request_timeout: float = 30.0,
         user_agent: str = DEFAULT_USER_AGENT,
         kid: str | None = None,
+        allowed_origins: tuple[str, ...] = (),
     ) -> AsyncIterator[AcmeClient]:
         signer = (
             account_key if isinstance(account_key, AccountSigner) else AccountSigner(account_key)
@@ -69,7 +80,8 @@ class AcmeClient:
             signer.kid = kid
         async with open_transport(directory_url, signer, ca_bundle=ca_bundle,
                                   rate_limiter=rate_limiter, request_timeout=request_timeout,
-                                  user_agent=user_agent) as transport:
+                                  user_agent=user_agent,
+                                  allowed_origins=allowed_origins) as transport:
             yield cls(transport)
 
     @property
@@ -117,6 +129,9 @@ class AcmeClient:
         # RFC 8555 section 7.3: 201 for a new account, 200 for the existing one of this key.
         reply = await self._t.post(self._t.directory.new_account, payload, what, use_jwk=True)
         kid = reply.location()
+        # The account URL is our kid in every later request and is remembered across runs:
+        # one on another origin is refused now, not at the first request that reads it.
+        self._t.origins.check(kid, what)
         self._t.signer.kid = kid
         status = _account_status(reply)
         if status is None:
@@ -193,6 +208,7 @@ class AcmeClient:
             None,
             f"downloading the certificate {url}",
             accept="application/pem-certificate-chain",
+            limit=MAX_CHAIN_BODY,
         )
         try:
             text = reply.body.decode("ascii")

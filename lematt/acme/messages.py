@@ -3,7 +3,8 @@
 Contract: every ``from_json(data, url)`` takes the decoded JSON body and the URL it came from
 and returns a frozen dataclass, or raises ``AcmeError`` naming that URL and the bad field.
 Unknown members are ignored (RFC 8555 section 7.1: clients must ignore what they do not know).
-``parse_problem`` turns a problem document (section 6.7, RFC 7807) into ``AcmeProblem``.
+``parse_problem`` turns a problem document (section 6.7, RFC 7807) into ``AcmeProblem``,
+whose text is escaped (``errors.printable``: no newline, no terminal escape gets through).
 
 A challenge token that is not 1..``MAX_TOKEN_LENGTH`` base64url characters raises
 ``ChallengeError`` right here, at parse time, so that no later code can put a hostile token
@@ -19,6 +20,10 @@ from typing import Any
 
 from lematt.errors import AcmeError, AcmeProblem, ChallengeError
 from lematt.names import MAX_TOKEN_LENGTH, is_valid_token
+
+# A problem about more names than this is shown with its first ones (one line must stay
+# readable; RFC 8555 section 6.7.1 has one subproblem per identifier).
+MAX_SUBPROBLEMS = 20
 
 
 class Status(StrEnum):
@@ -95,18 +100,26 @@ class Identifier:
         return {"type": self.type, "value": self.value}
 
 
-def parse_problem(data: Any, *, status: int | None = None, url: str = "") -> AcmeProblem:
-    """A problem document (RFC 7807, RFC 8555 section 6.7) with its subproblems (6.7.1)."""
+def parse_problem(data: Any, *, status: int | None = None, url: str = "",
+                  _nested: bool = False) -> AcmeProblem:
+    """A problem document (RFC 7807, RFC 8555 section 6.7) with its subproblems (6.7.1).
+
+    The CA's text is escaped and cut by ``AcmeProblem`` itself (``errors.printable``); here
+    the structure is bounded: at most ``MAX_SUBPROBLEMS`` subproblems, one level deep (a
+    subproblem's own subproblems mean nothing in RFC 8555 and are ignored)."""
     if not isinstance(data, Mapping):
         raise _bad(url or "the CA", "a problem document is not a JSON object")
     ptype = data.get("type")
     detail = data.get("detail")
+    if not detail and isinstance(data.get("title"), str):
+        detail = data["title"]  # RFC 7807 section 3.1: the title is the short summary
     raw_status = data.get("status")
     ident = data.get("identifier")
     subs_raw = data.get("subproblems") or []
     subproblems: list[AcmeProblem] = []
-    if isinstance(subs_raw, list):
-        subproblems = [parse_problem(sub, url=url) for sub in subs_raw if isinstance(sub, Mapping)]
+    if isinstance(subs_raw, list) and not _nested:
+        subproblems = [parse_problem(sub, url=url, _nested=True)
+                       for sub in subs_raw[:MAX_SUBPROBLEMS] if isinstance(sub, Mapping)]
     if status is None and isinstance(raw_status, int):
         status = raw_status
     ident_value = None

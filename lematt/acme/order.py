@@ -8,7 +8,8 @@ the CA issued for ``names`` (RFC 8555 section 7.4):
    7.1.3: the CA may reuse them); the others' http-01 challenges are presented with
    ``solver.present(identifier, token, key_authorization)``, answered, and polled until no
    longer pending. ``ChallengeError`` names each failed name with the CA's problem (as
-   ``__cause__`` and in the text). Every ``present`` context is exited on every path;
+   ``__cause__`` and in the text). Every ``present`` context is exited on every path; an
+   authorization for a name that was not requested is a ``ChallengeError``;
 3. finalize with ``csr_der``, poll the order to valid, download the chain.
 
 ``deadline`` is an ``anyio.current_time()`` value; past it, ``AcmeError`` says what timed out.
@@ -99,7 +100,7 @@ def _http01(authz: Authorization) -> Challenge:
 
 
 async def _authorize(client: AcmeClient, order: Order, solver: ChallengeSolver,
-                     deadline: float) -> None:
+                     deadline: float, names: Sequence[str]) -> None:
     """Prove every name of a pending order.
 
     Authorizations that are already valid are skipped (RFC 8555 section 7.1.3: the CA may
@@ -110,6 +111,13 @@ async def _authorize(client: AcmeClient, order: Order, solver: ChallengeSolver,
     20 orders in flight.)
     """
     authzs = await _each(order.authorizations, client.get_authorization)
+    for authz in authzs:
+        # Only names we asked for are proven: an authorization for another name would make
+        # lematt serve a key authorization (or start a forwarder) for a name not its own.
+        if authz.name not in names:
+            raise ChallengeError(f"the CA sent an authorization for {authz.name}, which was "
+                                 f"not requested (requested: {', '.join(names)}); nothing "
+                                 "was presented")
     todo = [(url, a, _http01(a)) for url, a in zip(order.authorizations, authzs, strict=True)
             if a.status != Status.VALID]
     if not todo:
@@ -147,7 +155,7 @@ async def obtain(
         if order.status == Status.INVALID:
             raise AcmeError(f"the CA created the order for {what} as invalid: {order.error}")
         if order.status == Status.PENDING:
-            await _authorize(client, order, solver, deadline)
+            await _authorize(client, order, solver, deadline, names)
         if order.status in (Status.PENDING, Status.READY):
             # Section 7.4: finalize once every authorization is valid (the order is "ready").
             order = await client.finalize(order_url, order.finalize, csr_der)

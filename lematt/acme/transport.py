@@ -4,7 +4,14 @@ Contract: ``async with open_transport(directory_url, signer, ...) as transport:`
 aiohttp session (TLS trusting ``ca_bundle`` only when given, else the system roots), reads the
 directory (RFC 8555 section 7.1.1, no hard-coded paths) and closes the session on every exit.
 
-* Every request has a timeout (``request_timeout``) and passes the ``RequestRateLimiter``.
+* Every request goes only to the directory's origin or an allowed one (``OriginPolicy``,
+  checked in ``send``, which every request passes through): a URL from the CA on another
+  origin, or plain http from an https CA, is an ``AcmeError`` and nothing is sent there.
+* Every request has a timeout (``request_timeout``, which covers reading the body) and passes
+  the ``RequestRateLimiter``. A body is read incrementally up to a limit (``MAX_JSON_BODY``;
+  ``MAX_CHAIN_BODY`` for a certificate chain): a larger or endless one is an ``AcmeError``
+  once the limit is passed, so memory stays bounded. Bodies are not decompressed (lematt asks
+  for ``identity``): a small compressed body cannot expand into a large one.
 * Nonces come from a pool fed by every ``Replay-Nonce`` header; ``newNonce`` is asked (HEAD)
   only when the pool is empty (section 7.2).
 * ``post`` sends a JWS (section 6.2; ``payload=None`` is POST-as-GET, section 6.3);
@@ -32,6 +39,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
+from urllib.parse import urljoin
 
 import aiohttp
 import anyio
@@ -40,6 +48,7 @@ from lematt import __version__
 from lematt.acme.jws import AccountSigner
 from lematt.acme.limits import RequestRateLimiter
 from lematt.acme.messages import Directory, parse_problem
+from lematt.acme.origins import OriginPolicy
 from lematt.errors import AcmeError, AcmeNetworkError, AcmeProblem, AcmeTimeoutError
 
 DEFAULT_USER_AGENT = f"lematt/{__version__} aiohttp/{aiohttp.__version__}"
@@ -51,6 +60,11 @@ POLL_FIRST_DELAY = 0.05
 POLL_MAX_DELAY = 2.0
 POLL_MAX_RETRY_AFTER = 10.0
 NONCE_POOL_SIZE = 64
+# ACME JSON bodies are a few kB; an order with many names stays far below this. A CA
+# sending more is broken or hostile, and an endless body must not grow lematt's memory.
+MAX_JSON_BODY = 4 << 20
+# A PEM chain is a few kB (Let's Encrypt: leaf + one intermediate, about 4 kB).
+MAX_CHAIN_BODY = 1 << 20
 
 BAD_NONCE = "urn:ietf:params:acme:error:badNonce"
 ACCOUNT_DOES_NOT_EXIST = "urn:ietf:params:acme:error:accountDoesNotExist"
@@ -75,7 +89,7 @@ class Reply:
     def json(self) -> Any:
         try:
             return json.loads(self.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
             raise AcmeError(
                 f"the CA's reply from {self.url} (HTTP {self.status}) is not JSON: "
                 f"{self.body[:120]!r}; check the directory URL"
@@ -85,7 +99,9 @@ class Reply:
         value = self.headers.get("Location")
         if not value:
             raise AcmeError(f"the CA's reply from {self.url} has no Location header (RFC 8555 7.1)")
-        return value
+        # RFC 9110 section 10.2.2: a relative reference is resolved against the request URL.
+        # Where it points is checked like every URL, when a request is sent there.
+        return urljoin(self.url, value.strip())
 
     def retry_after(self) -> float | None:
         return parse_retry_after(self.headers.get("Retry-After"))
@@ -107,6 +123,24 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (time.time() if now is None else now))
 
 
+async def _read_body(resp: aiohttp.ClientResponse, url: str, limit: int, head: str) -> bytes:
+    """The body, read as it arrives and never past ``limit`` bytes (else ``AcmeError``)."""
+    def too_big() -> AcmeError:
+        return AcmeError(f"{head}the CA's reply from {url} is larger than {limit >> 10} KiB; "
+                         "lematt stopped reading it (a broken or hostile CA)")
+
+    if resp.content_length is not None and resp.content_length > limit:
+        raise too_big()
+    body = bytearray()
+    # iter_any hands over what arrived; aiohttp pauses reading the socket while its buffer
+    # is full, so at most the limit plus one buffer is ever held.
+    async for chunk in resp.content.iter_any():
+        body += chunk
+        if len(body) > limit:
+            raise too_big()
+    return bytes(body)
+
+
 def _ssl_context(ca_bundle: str | os.PathLike[str] | None) -> ssl.SSLContext:
     try:
         return ssl.create_default_context(cafile=ca_bundle)
@@ -121,9 +155,10 @@ class Transport:
 
     def __init__(self, session: aiohttp.ClientSession, directory: Directory,
                  signer: AccountSigner, rate_limiter: RequestRateLimiter,
-                 request_timeout: float) -> None:
+                 request_timeout: float, origins: OriginPolicy | None = None) -> None:
         self._session = session
         self.directory = directory
+        self.origins = origins if origins is not None else OriginPolicy(directory.url)
         self.signer = signer
         self._limiter = rate_limiter
         self._timeout = request_timeout
@@ -132,39 +167,47 @@ class Transport:
         self.on_account_gone: Callable[[str], Awaitable[None]] | None = None
 
     async def send(
-        self, method: str, url: str, *, data: bytes | None = None, accept: str | None = None
+        self, method: str, url: str, *, data: bytes | None = None, accept: str | None = None,
+        limit: int = MAX_JSON_BODY, what: str = "",
     ) -> Reply:
-        """One HTTP exchange: rate limit, timeout, nonce harvest, library errors mapped."""
+        """One HTTP exchange: origin check, rate limit, timeout, body limit, nonce harvest,
+        library errors mapped. The one way lematt sends anything to the CA."""
+        # The URL as aiohttp will use it, parsed once: what was checked is what is sent to.
+        target = self.origins.check(url, what)
+        head = f"{what}: " if what else ""
         await self._limiter.acquire(self.directory.endpoint_name(url))
-        headers = {}
+        # No compressed bodies: lematt reads a body only up to a limit, and a decompressor
+        # would let a few kB grow into gigabytes before that limit is seen.
+        headers = {"Accept-Encoding": "identity"}
         if data is not None:
             headers["Content-Type"] = "application/jose+json"  # RFC 8555 section 6.2
         if accept is not None:
             headers["Accept"] = accept
         try:
             async with self._session.request(
-                method, url, data=data, headers=headers, allow_redirects=False
+                method, target, data=data, headers=headers, allow_redirects=False
             ) as resp:
-                body = await resp.read()
+                body = await _read_body(resp, url, limit, head)
                 reply = Reply(url, resp.status, resp.headers, body)
         except TimeoutError:
             raise AcmeTimeoutError(
-                f"no answer from the CA at {url} within {self._timeout:g} s; "
+                f"{head}no answer from the CA at {url} within {self._timeout:g} s; "
                 "the CA may be overloaded or unreachable, try again later"
             ) from None
         except aiohttp.ClientConnectorCertificateError as exc:
             raise AcmeError(
-                f"the TLS certificate of the CA at {url} is not trusted ({exc.certificate_error}); "
-                "for a private CA set caBundle in lematt.conf"
+                f"{head}the TLS certificate of the CA at {url} is not trusted "
+                f"({exc.certificate_error}); for a private CA set caBundle in lematt.conf"
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise AcmeNetworkError(
-                f"cannot connect to the CA at {url}: {exc.os_error.strerror or exc}; "
+                f"{head}cannot connect to the CA at {url}: {exc.os_error.strerror or exc}; "
                 "check the directory URL and this machine's network"
             ) from None
         except aiohttp.ClientError as exc:
             raise AcmeNetworkError(
-                f"talking to the CA at {url} failed: {exc or type(exc).__name__}; try again later"
+                f"{head}talking to the CA at {url} failed: {exc or type(exc).__name__}; "
+                "try again later"
             ) from None
         nonce = reply.headers.get("Replay-Nonce")
         if nonce and _NONCE_RE.fullmatch(nonce):
@@ -197,7 +240,7 @@ class Transport:
     async def unsigned(self, method: str, url: str, what: str) -> Reply:
         """GET or HEAD (directory, newNonce) with the 429/503 retry."""
         for attempt in range(MAX_BUSY_RETRIES + 1):
-            reply = await self.send(method, url)
+            reply = await self.send(method, url, what=what)
             if reply.status < 400:
                 return reply
             problem = self._problem(reply) if method != "HEAD" else None
@@ -225,16 +268,20 @@ class Transport:
         use_jwk: bool = False,
         accept: str | None = None,
         recover_account: bool = True,
+        limit: int = MAX_JSON_BODY,
     ) -> Reply:
         """A signed POST (``payload=None``: POST-as-GET) with badNonce and 429/503 retries;
         an account the CA no longer knows is registered again once (``recover_account``)."""
         bad_nonces = busy = 0
         registered_again = not recover_account
+        # ``send`` refuses a foreign URL anyway; checking first also spends no nonce on it.
+        self.origins.check(url, what)
         while True:
             nonce = await self._nonce()
             kid = self.signer.kid
             body = self.signer.sign(url, nonce, payload, use_jwk=use_jwk)
-            reply = await self.send("POST", url, data=body, accept=accept)
+            reply = await self.send("POST", url, data=body, accept=accept, limit=limit,
+                                    what=what)
             if reply.status < 400:
                 return reply
             problem = self._problem(reply)
@@ -302,11 +349,16 @@ async def open_transport(
     rate_limiter: RequestRateLimiter | None = None,
     request_timeout: float = 30.0,
     user_agent: str = DEFAULT_USER_AGENT,
+    allowed_origins: tuple[str, ...] = (),
 ) -> AsyncIterator[Transport]:
-    """Open the session, read the directory, yield the transport, always close the session."""
+    """Open the session, read the directory, yield the transport, always close the session.
+
+    ``allowed_origins``: origins besides the directory's that the CA may send URLs on."""
+    origins = OriginPolicy(directory_url, allowed_origins)
     connector = aiohttp.TCPConnector(ssl=_ssl_context(ca_bundle))
     session = aiohttp.ClientSession(
         connector=connector,
+        auto_decompress=False,
         # ACME uses no cookies; a real jar would filter and parse them on every request.
         cookie_jar=aiohttp.DummyCookieJar(),
         timeout=aiohttp.ClientTimeout(total=request_timeout),
@@ -316,7 +368,7 @@ async def open_transport(
     try:
         limiter = rate_limiter if rate_limiter is not None else RequestRateLimiter()
         placeholder = Directory(directory_url, "", "", "")
-        transport = Transport(session, placeholder, signer, limiter, request_timeout)
+        transport = Transport(session, placeholder, signer, limiter, request_timeout, origins)
         reply = await transport.unsigned("GET", directory_url, "reading the ACME directory")
         transport.directory = Directory.from_json(reply.json(), directory_url)
         yield transport

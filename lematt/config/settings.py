@@ -61,6 +61,8 @@ KNOWN_KEYS = (
     "processes",
     "acmeRequestTimeout",
     "orderTimeout",
+    "caAllowedOrigins",
+    "runTimeout",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -169,6 +171,8 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "processes": ("processes", _positive_int),
         "acmeRequestTimeout": ("acme_request_timeout", _positive_seconds),
         "orderTimeout": ("order_timeout", _positive_seconds),
+        "caAllowedOrigins": ("ca_allowed_origins", _origins),
+        "runTimeout": ("run_timeout", _positive_seconds),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)
@@ -325,6 +329,40 @@ def _directory_url(value: object) -> str:
         raise ValueError(f"{url!r} uses plain http://, which is only allowed for a loopback "
                          "test CA (127.0.0.0/8, ::1, localhost); use https://")
     return url
+
+
+def _origins(value: object) -> tuple[str, ...]:
+    """``caAllowedOrigins``: origins (``https://host[:port]``) given as a list, or in INI as
+    one line separated by commas or spaces (or a JSON list); each normalised to
+    ``scheme://host:port``."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{text!r} is not a JSON list ({exc.msg})") from None
+        else:
+            value = [item for item in _KEY_TYPE_SPLIT_RE.split(text) if item]
+    if not isinstance(value, list):
+        raise ValueError(f"{value!r} is not a list of origins like https://acme.example.com")
+    origins: list[str] = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"{item!r} is not an origin like https://acme.example.com")
+        url = _directory_url(item)  # https, or http for a loopback test CA
+        parts = urlsplit(url)
+        if parts.username is not None or parts.password is not None or parts.query \
+                or parts.fragment or parts.path not in ("", "/"):
+            raise ValueError(f"{url!r} is not an origin: write only scheme://host[:port], "
+                             "e.g. https://acme.example.com")
+        assert parts.hostname is not None
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        origin = f"{parts.scheme}://{host}:{port}"
+        if origin not in origins:
+            origins.append(origin)
+    return tuple(origins)
 
 
 def _is_loopback_host(host: str) -> bool:

@@ -51,6 +51,12 @@ class Settings:
     # run with one clear error per certificate instead of a hang.
     acme_request_timeout: float = 30.0
     order_timeout: float = 600.0
+    # Origins (scheme://host:port) besides the directory's that the CA may send URLs on;
+    # any other URL from the CA is refused (lematt.acme.origins).
+    ca_allowed_origins: tuple[str, ...] = ()
+    # Seconds the whole run may spend on orders (--deadline overrides it); None: no limit
+    # beyond each order's own orderTimeout.
+    run_timeout: float | None = None
 
     def tag(self, key_type: KeyType) -> str:
         return self.rsa_tag if key_type == "rsa" else self.curve_tag

@@ -6,16 +6,22 @@ tasks share), ``account`` (account key, remembered account URLs, the ACME client
 check -> commit), ``lines`` (a line's jobs inside its prepare commands and forwarders; the
 in-process backend), ``processes`` (the same spread over order processes).
 
-Contract of ``order_all(env, jobs, pool)``: every job gets exactly one ``Outcome`` (returned
-in the order they finished, each also reported as it finishes); a job's failure is a value.
-Only run-wide problems (the account, the challenge listener, the CA's directory) raise.
+Contract of ``order_all(env, jobs, pool, deadline=None)``: every job gets exactly one
+``Outcome`` (returned in the order they finished, each also reported as it finishes); a job's
+failure is a value. Only run-wide problems (the account, the challenge listener, the CA's
+directory) raise. ``deadline`` (an ``anyio.current_time()`` value, from ``runTimeout`` or
+``--deadline``) ends the order phase: what is still in flight is cancelled (its cleanup is
+shielded; a pair already being stored is stored and reported) and each unfinished job fails
+with a timeout.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from lematt.model import Job, Outcome
+import anyio
+
+from lematt.model import Failure, FailureKind, Job, Outcome
 from lematt.orders.account import load_or_create_account_key
 from lematt.orders.context import OrderEnv
 
@@ -39,7 +45,8 @@ def order_processes(env: OrderEnv, jobs: list[Job]) -> int:
     return min(env.processes, len(lines))
 
 
-async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None) -> list[Outcome]:
+async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
+                    deadline: float | None = None) -> list[Outcome]:
     from lematt.orders.account import ensure_registered
     from lematt.orders.lines import order_here
     from lematt.orders.pipeline import report_outcome
@@ -52,13 +59,23 @@ async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None) -> lis
         report_outcome(env.reporter, outcome)
 
     processes = order_processes(env, jobs)
-    if processes > 1:
-        from lematt.orders.processes import run_processes
+    # A CA that stalls every order would otherwise hold the run for about
+    # (orders / parallel) x orderTimeout.
+    with anyio.CancelScope(deadline=deadline if deadline is not None else float("inf")) as scope:
+        if processes > 1:
+            from lematt.orders.processes import run_processes
 
-        # Registered once here, so the order processes find the account URL in the book
-        # instead of each registering the key.
-        await ensure_registered(env, account_key)
-        await run_processes(env, jobs, processes, record)
-    else:
-        await order_here(env, jobs, pool, account_key, record)
+            # Registered once here, so the order processes find the account URL in the book
+            # instead of each registering the key.
+            await ensure_registered(env, account_key)
+            await run_processes(env, jobs, processes, record)
+        else:
+            await order_here(env, jobs, pool, account_key, record)
+    if scope.cancelled_caught:
+        finished = {(o.job.line.lineno, o.job.key_type) for o in outcomes}
+        for job in jobs:
+            if (job.line.lineno, job.key_type) not in finished:
+                record(Outcome(job, failure=Failure(
+                    FailureKind.TIMEOUT, "not finished when the run's deadline passed "
+                    "(runTimeout in lematt.conf, or --deadline); the next run tries again")))
     return outcomes

@@ -151,7 +151,7 @@ def open_client(env: OrderEnv, key: crypto.PrivateKey,
     return AcmeClient.open(
         env.directory_url, key, ca_bundle=s.ca_bundle,
         rate_limiter=RequestRateLimiter(dict(s.rate_limits), share=rate_share),
-        request_timeout=s.acme_request_timeout)
+        request_timeout=s.acme_request_timeout, allowed_origins=s.ca_allowed_origins)
 
 
 async def use_account(env: OrderEnv, client: AcmeClient, key: crypto.PrivateKey) -> None:

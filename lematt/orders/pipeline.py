@@ -3,8 +3,10 @@
 Contract: ``order_one(env, tools, job)`` returns the job's ``Outcome`` and never raises for a
 failure of this job (a ``LemattError`` becomes its ``Failure``; any other exception is an
 internal error of this job alone). Nothing live is touched before the certificate has been
-downloaded and checked against our key and the line's names; then key, CSR and chain are
-stored together through the group committer. ``report_outcome`` prints one line for it.
+downloaded and checked (``crypto.check_issued``: a chain, for our key and exactly the line's
+names, valid now); then key, CSR and chain are stored together through the group committer
+(shielded: a checked pair is stored and reported even when the run's deadline passes).
+``report_outcome`` prints one line for it.
 """
 
 from __future__ import annotations
@@ -32,10 +34,14 @@ async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
         csr_der = crypto.make_csr(key, names, must_staple=job.line.ocsp_must_staple)
         deadline = anyio.current_time() + env.settings.order_timeout
         chain = await obtain(tools.client, names, csr_der, tools.solver, deadline=deadline)
-        chain_pem = chain.encode()
+        # What is stored is what was checked: the chain's certificates and nothing else.
+        chain_pem = crypto.normalized_chain(chain.encode())
         info = crypto.check_issued(chain_pem, key, names)
-        await tools.committer.commit(NewPair(
-            job.line, job.key_type, new_pem, crypto.csr_pem(csr_der), chain_pem))
+        # Once checked, the pair is stored even if the run's deadline passes meanwhile: the
+        # commit is short, and a pair that went live must be reported (and deployed) as such.
+        with anyio.CancelScope(shield=True):
+            await tools.committer.commit(NewPair(
+                job.line, job.key_type, new_pem, crypto.csr_pem(csr_der), chain_pem))
         outcome.changed, outcome.not_after, outcome.new_key = True, info.not_after, bool(new_pem)
     except LemattError as exc:
         outcome.failure = Failure.of(exc)

@@ -59,11 +59,11 @@ def test_check_issued_accepts_ours_and_refuses_other_key_or_names() -> None:
     other = crypto.load_private_key(crypto.generate_private_pem("ec"))
     names = ("a.example.test", "b.example.test")
     good = ca.issue_days(key, names, NOW, 1)
-    assert crypto.check_issued(good, key, names).names == frozenset(names)
+    assert crypto.check_issued(good, key, names, now=NOW).names == frozenset(names)
     with pytest.raises(CryptoError, match="different public key"):
-        crypto.check_issued(ca.issue_days(other, names, NOW, 1), key, names)
+        crypto.check_issued(ca.issue_days(other, names, NOW, 1), key, names, now=NOW)
     with pytest.raises(CryptoError, match="other names"):
-        crypto.check_issued(ca.issue_days(key, names[:1], NOW, 1), key, names)
+        crypto.check_issued(ca.issue_days(key, names[:1], NOW, 1), key, names, now=NOW)
 
 
 def test_unreadable_inputs_are_crypto_errors_naming_the_source() -> None:
