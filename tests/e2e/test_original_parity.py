@@ -177,8 +177,15 @@ def test_the_original_and_lematt_make_the_same_tree_and_run_the_same_actions(
     conf_o = _conf(tmp_path / "conf-original", tmp_path / "out-original", drop, pebble)
     conf_l = _conf(tmp_path / "conf-lematt", tmp_path / "out-lematt", drop, pebble)
 
-    original = _run_original(copy, conf_o, pebble, port)
-    assert original.returncode == 0, original.stdout + original.stderr
+    # The original orders a line's RSA and EC certificates at the same time; now and then
+    # one of them finds its challenge already validated by the other's and gives up
+    # ("FAILED FOR DOMAIN"), as it would against Let's Encrypt. Its next run orders what is
+    # missing; one more run is allowed for that.
+    for _ in range(2):
+        original = _run_original(copy, conf_o, pebble, port)
+        assert original.returncode == 0, original.stdout + original.stderr
+        if "FAILED" not in original.stdout:
+            break
     assert "FAILED" not in original.stdout, original.stdout
     ours = run_lematt("--test", "--config", conf_l)
     assert ours.returncode == 0, ours.stderr
