@@ -155,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exception(exc)
         if args.json is not None:
             write_summary(args.json, RunResult().to_json(mode, os.getpid(), Failure.of(exc)))
-        return EXIT_FAILED
+        # A config error found at run time (a conf dir or tree others can write) is still
+        # one: nothing was changed.
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
     except KeyboardInterrupt:
         result = None
     if result is None:

@@ -61,6 +61,7 @@ KNOWN_KEYS = (
     "processes",
     "acmeRequestTimeout",
     "orderTimeout",
+    "allowGroupWritable",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -169,6 +170,7 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "processes": ("processes", _positive_int),
         "acmeRequestTimeout": ("acme_request_timeout", _positive_seconds),
         "orderTimeout": ("order_timeout", _positive_seconds),
+        "allowGroupWritable": ("allow_group_writable", to_bool),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)

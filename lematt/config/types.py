@@ -52,6 +52,8 @@ class Settings:
     # run with one clear error per certificate instead of a hang.
     acme_request_timeout: float = 30.0
     order_timeout: float = 600.0
+    # Accept a conf dir and tree that their group may write (never one every user may).
+    allow_group_writable: bool = False
 
     def tag(self, key_type: KeyType) -> str:
         return self.rsa_tag if key_type == "rsa" else self.curve_tag

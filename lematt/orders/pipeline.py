@@ -4,7 +4,9 @@ Contract: ``order_one(env, tools, job)`` returns the job's ``Outcome`` and never
 failure of this job (a ``LemattError`` becomes its ``Failure``; any other exception is an
 internal error of this job alone). Nothing live is touched before the certificate has been
 downloaded and checked against our key and the line's names; then key, CSR and chain are
-stored together through the group committer. ``report_outcome`` prints one line for it.
+stored together through the group committer, with the deploy the line owes when it has
+actions (written down in the same journal commit, so no crash can lose it).
+``report_outcome`` prints one line for it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
 
     outcome = Outcome(job)
     try:
-        key, new_pem = await key_for(env.settings, env.store.layout, job, tools.workers)
+        key, key_pem, new_key = await key_for(env.settings, env.store, job, tools.workers)
         names = job.line.names
         csr_der = crypto.make_csr(key, names, must_staple=job.line.ocsp_must_staple)
         deadline = anyio.current_time() + env.settings.order_timeout
@@ -35,8 +37,9 @@ async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
         chain_pem = chain.encode()
         info = crypto.check_issued(chain_pem, key, names)
         await tools.committer.commit(NewPair(
-            job.line, job.key_type, new_pem, crypto.csr_pem(csr_der), chain_pem))
-        outcome.changed, outcome.not_after, outcome.new_key = True, info.not_after, bool(new_pem)
+            job.line, job.key_type, key_pem, crypto.csr_pem(csr_der), chain_pem,
+            owes_deploy=_owes_deploy(env, job)))
+        outcome.changed, outcome.not_after, outcome.new_key = True, info.not_after, new_key
     except LemattError as exc:
         outcome.failure = Failure.of(exc)
     except Exception as exc:  # a bug must fail its job, not the other orders
@@ -44,6 +47,13 @@ async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
         if env.reporter.debug:
             traceback.print_exc()
     return outcome
+
+
+def _owes_deploy(env: OrderEnv, job: Job) -> bool:
+    """Whether the line has actions that deploy it: then storing it records the deploy it
+    owes, in the same journal commit."""
+    return any(s.upload_certs or s.upload_keys or s.update
+               for s in env.config.actions.sections_for(job.line.names))
 
 
 def report_outcome(reporter: Reporter, outcome: Outcome) -> None:
