@@ -70,7 +70,8 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
     store = Store(settings, test=options.test)
     result = RunResult()
     with store.lock() as lock_fd:
-        store.ensure_dirs()
+        for message in store.ensure_dirs():
+            reporter.change(message)
         for message in store.recover():
             reporter.change(message)
         now = options.now or datetime.now(UTC)

@@ -25,6 +25,7 @@ from lematt.model import CertLine, KeyType
 KEY_MODE = 0o600  # private keys and lematt's private records, from the first byte
 PUBLIC_MODE = 0o644  # certificates, CSRs, challenge files
 PRIVATE_DIR_MODE = 0o700  # key/, .staging/
+PUBLIC_DIR_MODE = 0o755  # cert/, csr/
 
 
 @dataclass(frozen=True)

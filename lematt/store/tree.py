@@ -22,6 +22,7 @@ import fcntl
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,14 @@ from lematt.errors import LockError, StoreError
 from lematt.model import CertLine, KeyType
 from lematt.store.atomic import fsync_dir, symlink_atomic, write_temp
 from lematt.store.journal import Journal
-from lematt.store.layout import KEY_MODE, PRIVATE_DIR_MODE, PUBLIC_MODE, CertPaths, Layout
+from lematt.store.layout import (
+    KEY_MODE,
+    PRIVATE_DIR_MODE,
+    PUBLIC_DIR_MODE,
+    PUBLIC_MODE,
+    CertPaths,
+    Layout,
+)
 from lematt.store.pending import PendingDeploys
 
 
@@ -65,17 +73,47 @@ class Store:
         self.staging_dir = self.root / ".staging"
 
     # -- lifecycle ----------------------------------------------------------------------
-    def ensure_dirs(self) -> None:
+    def ensure_dirs(self) -> list[str]:
+        """Create the tree's directories that are missing, each with its exact mode (never
+        the umask's). An existing ``key/`` keeps the mode its operator gave it (group access
+        for a service's group, say) unless every user can reach it: then only the bits for
+        other users are taken away. Returns what it changed, for the user; ``StoreError``
+        when ``key/`` is not this user's directory."""
+        changed: list[str] = []
         try:
-            for sub in ("key", "csr", "cert"):
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
-            # Keys live here: keep the directory itself private too.
-            os.chmod(self.root / "key", PRIVATE_DIR_MODE)
+            self.root.mkdir(parents=True, exist_ok=True)
+            for sub, mode in (("key", PRIVATE_DIR_MODE), ("csr", PUBLIC_DIR_MODE),
+                              ("cert", PUBLIC_DIR_MODE)):
+                path = self.root / sub
+                try:
+                    path.mkdir(mode=mode)
+                except FileExistsError:
+                    if sub == "key":
+                        changed += self._keep_key_dir_private(path)
+                    continue
+                os.chmod(path, mode)  # mkdir's mode passed through the umask
             self.journal_dir.mkdir(exist_ok=True)
             self.journal.create()
             self.staging_dir.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the certificate tree {self.root}: {exc}") from exc
+        return changed
+
+    @staticmethod
+    def _keep_key_dir_private(path: Path) -> list[str]:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise StoreError(f"{path} is not a directory; move it away so lematt can make its "
+                             "key directory there")
+        if st.st_uid != os.geteuid():
+            raise StoreError(f"{path} belongs to user id {st.st_uid}, not to the user running "
+                             "lematt; chown it to that user (keys must be theirs alone)")
+        mode = stat.S_IMODE(st.st_mode)
+        if not mode & 0o007:
+            return []  # private, or shared with a group on purpose: leave it as it is
+        os.chmod(path, mode & ~0o007)
+        return [f"{path}: removed other users' access (mode {mode:04o} -> "
+                f"{mode & ~0o007:04o}); group access, if any, is kept"]
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[int]:

@@ -334,3 +334,41 @@ def test_recover_finishes_the_journal_of_an_order_process(tmp_path: Path) -> Non
     assert store.recover() == [f"completed an interrupted store of {paths.cert.name}"]
     assert scan_one(store, pair.line, "ec").problem is None
     assert shard.journal.read() is None and store.journal.path.name == "pending"
+
+
+def test_new_tree_directories_get_exact_modes_whatever_the_umask(tmp_path: Path) -> None:
+    store = Store(settings(tmp_path), test=False)
+    old = os.umask(0)
+    try:
+        assert store.ensure_dirs() == []
+    finally:
+        os.umask(old)
+    modes = {sub: stat.S_IMODE((store.root / sub).stat().st_mode)
+             for sub in ("key", "csr", "cert")}
+    assert modes == {"key": 0o700, "csr": 0o755, "cert": 0o755}
+
+
+@pytest.mark.parametrize(("before", "after", "said"), [
+    (0o700, 0o700, False), (0o750, 0o750, False),  # an operator's group access stays
+    (0o755, 0o750, True), (0o777, 0o770, True)])  # other users lose theirs
+def test_an_existing_key_directory_keeps_its_group_access(
+        tmp_path: Path, before: int, after: int, said: bool) -> None:
+    store = Store(settings(tmp_path), test=False)
+    key_dir = store.root / "key"
+    key_dir.mkdir(parents=True)
+    key_dir.chmod(before)
+    messages = store.ensure_dirs()
+    assert stat.S_IMODE(key_dir.stat().st_mode) == after
+    assert bool(messages) == said
+    assert store.ensure_dirs() == []  # said once
+
+
+def test_a_key_directory_of_another_user_is_refused(tmp_path: Path) -> None:
+    store = Store(settings(tmp_path), test=False)
+    key_dir = store.root / "key"
+    key_dir.mkdir(parents=True, mode=0o700)
+    if os.geteuid() != 0:
+        pytest.fail("this test chowns a directory: run the suite as root, as CI does")
+    os.chown(key_dir, 65534, 65534)
+    with pytest.raises(StoreError, match="belongs to user id 65534"):
+        store.ensure_dirs()
