@@ -13,7 +13,10 @@ Contract:
   and a replaced key file each get the right answer.
 
 * ``open_client(env, key)`` opens the run's ACME client for ``env``'s CA;
-  ``use_account(env, client, key)`` points it at the remembered account or registers;
+  ``use_account(env, client, key)`` points it at the remembered account or registers (with
+  the external account binding and terms-of-service agreement of lematt.conf; a CA that
+  requires what is not configured is a ``ConfigError`` before any request,
+  ``check_registration``), and tells the user about a registration;
   ``ensure_registered(env, key)`` registers only if no URL is remembered (once per run,
   before order processes start).
 
@@ -32,7 +35,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lematt.errors import StoreError
+from lematt.config import Settings
+from lematt.errors import ConfigError, StoreError
 from lematt.orders.context import OrderEnv
 from lematt.store.atomic import write_atomic
 from lematt.store.layout import KEY_MODE
@@ -40,6 +44,7 @@ from lematt.store.layout import KEY_MODE
 if TYPE_CHECKING:
     from lematt import crypto
     from lematt.acme.client import AcmeClient
+    from lematt.acme.messages import Directory
 
 BOOK_SUFFIX = ".accounts.json"
 BOOK_VERSION = 1
@@ -125,13 +130,19 @@ def known_account(env: OrderEnv, key: crypto.PrivateKey) -> str | None:
     return _book(env).lookup(env.directory_url, thumbprint(key))
 
 
-def _remembering(env: OrderEnv, key: crypto.PrivateKey) -> Callable[[str], None]:
-    """What the ACME client calls with a newly learnt account URL: it goes into the book."""
+def _remembering(env: OrderEnv, key: crypto.PrivateKey,
+                 tos: str | None) -> Callable[[str], None]:
+    """What the ACME client calls with a newly learnt account URL: it goes into the book,
+    and the user is told (with the terms of service agreed to, if any)."""
     from lematt.acme.jws import thumbprint
 
     book, key_print = _book(env), thumbprint(key)
 
     def remember(url: str) -> None:
+        agreed = (f"; agreed to the CA's terms of service at {tos} (agreeTermsOfService)"
+                  if tos and env.settings.agree_terms_of_service else "")
+        env.reporter.change(f"registered the ACME account key {env.settings.account_key} "
+                            f"at {env.directory_url}: {url}{agreed}")
         try:
             book.remember(env.directory_url, key_print, url)
         except StoreError as exc:
@@ -139,6 +150,23 @@ def _remembering(env: OrderEnv, key: crypto.PrivateKey) -> Callable[[str], None]
             env.reporter.warn(str(exc))
 
     return remember
+
+
+def check_registration(settings: Settings, directory: Directory, directory_url: str) -> None:
+    """Refuse (``ConfigError``, exit 2) a registration the CA would refuse for lack of a
+    setting: external account binding it requires (RFC 8555 7.3.4), terms of service it
+    publishes but lematt may not agree to (7.3)."""
+    if directory.external_account_required and not settings.eab_kid:
+        raise ConfigError(
+            f"the CA at {directory_url} requires external account binding: set eabKid and "
+            "eabHmacKey (or eabHmacKeyFile) to the key id and HMAC key your CA gave you",
+            path=settings.source)
+    tos = directory.terms_of_service
+    if tos and not settings.agree_terms_of_service:
+        raise ConfigError(
+            f"the CA at {directory_url} asks new accounts to agree to its terms of service "
+            f"({tos[:200]}); read them and set agreeTermsOfService: yes",
+            path=settings.source, line=dict(settings.key_lines).get("agreeTermsOfService"))
 
 
 def open_client(env: OrderEnv, key: crypto.PrivateKey,
@@ -155,8 +183,15 @@ def open_client(env: OrderEnv, key: crypto.PrivateKey,
 
 
 async def use_account(env: OrderEnv, client: AcmeClient, key: crypto.PrivateKey) -> None:
-    await client.ensure_account(env.settings.contact_email, known_url=known_account(env, key),
-                                remember=_remembering(env, key))
+    s = env.settings
+    known = known_account(env, key)
+    if known is None:
+        check_registration(s, client.directory, env.directory_url)
+    eab = (s.eab_kid, s.eab_hmac_key) if s.eab_kid and s.eab_hmac_key else None
+    await client.ensure_account(s.contact_email, known_url=known,
+                                remember=_remembering(env, key,
+                                                      client.directory.terms_of_service),
+                                eab=eab, agree_tos=s.agree_terms_of_service)
 
 
 async def ensure_registered(env: OrderEnv, key: crypto.PrivateKey) -> None:
