@@ -474,3 +474,8 @@ def _rate_limits(value: object) -> tuple[tuple[str, float], ...]:
                 f"{endpoint}: {rate!r} must be requests per second greater than 0", line)
         limits[endpoint] = number
     return tuple(limits.items())
+
+
+def email_address(value: object) -> str:
+    """A contact address as lematt.conf's contactEmail takes it (``ValueError`` otherwise)."""
+    return _email(value)

@@ -8,9 +8,9 @@ Contract:
   ``<accountKey>.accounts.json`` (mode 0600, written atomically). ``lookup(directory, key)``
   returns the URL the CA at ``directory`` gave to ``key`` (None when there is none, when the
   key changed since, or when the file is unreadable: then the account is simply registered
-  again); ``remember(directory, key, url)`` records it. Entries are keyed by directory URL
-  and carry the key's RFC 7638 thumbprint, so ``--test`` and ``--prod`` (two CAs, one key)
-  and a replaced key file each get the right answer.
+  again); ``remember(directory, key, url)`` records it, ``forget(directory)`` drops it.
+  Entries are keyed by directory URL and carry the key's RFC 7638 thumbprint, so ``--test``
+  and ``--prod`` (two CAs, one key) and a replaced key file each get the right answer.
 
 * ``open_client(env, key)`` opens the run's ACME client for ``env``'s CA;
   ``use_account(env, client, key)`` points it at the remembered account or registers (with
@@ -105,11 +105,23 @@ class AccountBook:
             return None
         return entry["url"]
 
+    def directories(self, thumbprint: str) -> list[str]:
+        """The CA directories where this key is the remembered account key."""
+        return [d for d, e in self._entries().items() if e["thumbprint"] == thumbprint]
+
     def remember(self, directory_url: str, thumbprint: str, url: str) -> None:
         entries = self._entries()
         if entries.get(directory_url) == {"url": url, "thumbprint": thumbprint}:
             return
         entries[directory_url] = {"url": url, "thumbprint": thumbprint}
+        self._write(entries)
+
+    def forget(self, directory_url: str) -> None:
+        entries = self._entries()
+        if entries.pop(directory_url, None) is not None:
+            self._write(entries)
+
+    def _write(self, entries: dict[str, dict[str, str]]) -> None:
         body = json.dumps({"version": BOOK_VERSION, "accounts": entries}, indent=2,
                           sort_keys=True) + "\n"
         try:
@@ -169,15 +181,16 @@ def check_registration(settings: Settings, directory: Directory, directory_url: 
             path=settings.source, line=dict(settings.key_lines).get("agreeTermsOfService"))
 
 
-def open_client(env: OrderEnv, key: crypto.PrivateKey,
-                rate_share: float = 1.0) -> AbstractAsyncContextManager[AcmeClient]:
-    """The ACME client of this process (``rate_share``: its part of the request rates)."""
+def open_client(env: OrderEnv, key: crypto.PrivateKey, rate_share: float = 1.0, *,
+                directory: str | None = None) -> AbstractAsyncContextManager[AcmeClient]:
+    """The ACME client of this process (``rate_share``: its part of the request rates) for
+    the run's CA, or for ``directory``."""
     from lematt.acme.client import AcmeClient
     from lematt.acme.limits import RequestRateLimiter
 
     s = env.settings
     return AcmeClient.open(
-        env.directory_url, key, ca_bundle=s.ca_bundle,
+        directory or env.directory_url, key, ca_bundle=s.ca_bundle,
         rate_limiter=RequestRateLimiter(dict(s.rate_limits), share=rate_share),
         request_timeout=s.acme_request_timeout)
 
