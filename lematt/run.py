@@ -29,6 +29,7 @@ from lematt.deploy.deployer import Deployer, Pending
 from lematt.errors import StoreError
 from lematt.model import CertState, Job, KeyType, Outcome, RunResult
 from lematt.orders import order_all
+from lematt.orders.account import check_before_ordering
 from lematt.orders.context import OrderEnv
 from lematt.orders.renewal_info import refresh
 from lematt.plan import plan, timing_warnings
@@ -93,6 +94,8 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
             return result
         for job in jobs:
             reporter.info(f"due: {job.label}: {job.reason}")
+        if jobs:
+            check_before_ordering(env, book.ca(env.directory_url))
         async with contextlib.AsyncExitStack() as stack:
             # One SSH pool for the run: forwarders during the orders and deploys after them
             # share connections to the same hosts.

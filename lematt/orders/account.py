@@ -16,7 +16,8 @@ Contract:
   ``use_account(env, client, key)`` points it at the remembered account or registers (with
   the external account binding and terms-of-service agreement of lematt.conf; a CA that
   requires what is not configured is a ``ConfigError`` before any request,
-  ``check_registration``), and tells the user about a registration;
+  ``check_registration``; ``check_before_ordering`` does it from the kept facts about the CA
+  before a run orders anything), and tells the user about a registration;
   ``ensure_registered(env, key)`` registers only if no URL is remembered (once per run,
   before order processes start).
 
@@ -44,7 +45,7 @@ from lematt.store.layout import KEY_MODE
 if TYPE_CHECKING:
     from lematt import crypto
     from lematt.acme.client import AcmeClient
-    from lematt.acme.messages import Directory
+    from lematt.store.renewal import CaFacts
 
 BOOK_SUFFIX = ".accounts.json"
 BOOK_VERSION = 1
@@ -164,21 +165,40 @@ def _remembering(env: OrderEnv, key: crypto.PrivateKey,
     return remember
 
 
-def check_registration(settings: Settings, directory: Directory, directory_url: str) -> None:
+def check_registration(settings: Settings, directory_url: str, *, eab_required: bool,
+                       terms_of_service: str | None) -> None:
     """Refuse (``ConfigError``, exit 2) a registration the CA would refuse for lack of a
     setting: external account binding it requires (RFC 8555 7.3.4), terms of service it
     publishes but lematt may not agree to (7.3)."""
-    if directory.external_account_required and not settings.eab_kid:
+    if eab_required and not settings.eab_kid:
         raise ConfigError(
             f"the CA at {directory_url} requires external account binding: set eabKid and "
             "eabHmacKey (or eabHmacKeyFile) to the key id and HMAC key your CA gave you",
             path=settings.source)
-    tos = directory.terms_of_service
-    if tos and not settings.agree_terms_of_service:
+    if terms_of_service and not settings.agree_terms_of_service:
         raise ConfigError(
             f"the CA at {directory_url} asks new accounts to agree to its terms of service "
-            f"({tos[:200]}); read them and set agreeTermsOfService: yes",
+            f"({terms_of_service[:200]}); read them and set agreeTermsOfService: yes",
             path=settings.source, line=dict(settings.key_lines).get("agreeTermsOfService"))
+
+
+def check_before_ordering(env: OrderEnv, facts: CaFacts | None) -> None:
+    """``check_registration`` with what is kept about the CA, before anything is done (not
+    even the account key created) when the account key has no remembered account there."""
+    from lematt import crypto
+    from lematt.acme.jws import thumbprint
+
+    if facts is None or not (facts.eab_required or (
+            facts.terms_of_service and not env.settings.agree_terms_of_service)):
+        return
+    data = _read(env.settings.account_key)
+    if data is not None:
+        key = crypto.load_private_key(data, source=f"accountKey {env.settings.account_key}",
+                                      validate=False)
+        if _book(env).lookup(env.directory_url, thumbprint(key)) is not None:
+            return
+    check_registration(env.settings, env.directory_url, eab_required=facts.eab_required,
+                       terms_of_service=facts.terms_of_service)
 
 
 def open_client(env: OrderEnv, key: crypto.PrivateKey, rate_share: float = 1.0, *,
@@ -199,7 +219,9 @@ async def use_account(env: OrderEnv, client: AcmeClient, key: crypto.PrivateKey)
     s = env.settings
     known = known_account(env, key)
     if known is None:
-        check_registration(s, client.directory, env.directory_url)
+        d = client.directory
+        check_registration(s, env.directory_url, eab_required=d.external_account_required,
+                           terms_of_service=d.terms_of_service)
     eab = (s.eab_kid, s.eab_hmac_key) if s.eab_kid and s.eab_hmac_key else None
     await client.ensure_account(s.contact_email, known_url=known,
                                 remember=_remembering(env, key,
