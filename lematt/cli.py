@@ -121,7 +121,9 @@ REVOCATION_REASONS = ("unspecified", "keyCompromise", "affiliationChanged", "sup
                       "cessationOfOperation", "privilegeWithdrawn")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``commands=False`` leaves the commands out (the cron run's path: their
+    seven parsers would triple the cost of parsing its arguments)."""
     p = _Parser(prog="lematt", description="Keep RSA and EC certificates for every domains "
                 "line fresh from an ACME CA, and deploy them.")
     _common(p, top=True)
@@ -138,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and failures")
     p.add_argument("--json", type=Path, metavar="PATH",
                    help="also write a JSON summary of the run to PATH")
+    if not commands:
+        p.set_defaults(command=None)
+        return p
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
                            help="without one: the run")
     for builder, _ in COMMANDS.values():
@@ -268,8 +273,9 @@ COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction[_Parser]], None],
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(commands=any(w in COMMANDS or w in ("-h", "--help") for w in words))
+    args = parser.parse_args(words)
     if args.test is None:
         parser.error("one of the arguments --test --prod is required")
     if args.command is not None:

@@ -1,8 +1,8 @@
 """Planning: which (domains line x key type) jobs are due, and why. Pure: no I/O.
 
-Contract: ``plan(settings, lines, found, now, states)`` returns one ``Job`` per due pair, in
-domains order, RSA before EC, each with a human reason; ``states`` holds what is kept about
-each stored certificate (``model.CertState``: the CA's renewal window, the profile it was
+Contract: ``plan(settings, lines, found, now, states, default)`` returns one ``Job`` per due
+pair, in domains order, RSA before EC, each with a human reason; ``states`` holds what is
+kept about each stored certificate (``model.CertState``: the CA's renewal window, the profile it was
 ordered with, a revocation mark), only for certificates it still describes. The rules, first
 match wins (README "Renewal timing"):
 
@@ -34,6 +34,8 @@ from lematt.model import CertInfo, CertLine, CertState, Found, Job, KeyType
 # Below this lifetime a third left is too little room for a failed run or two (a 6-day
 # certificate would have 2 days): renew at half of it instead.
 SHORT_LIFETIME = timedelta(days=10)
+_SHORT_SECONDS = SHORT_LIFETIME.total_seconds()
+_ZERO = timedelta(0)
 
 
 def _days(delta: timedelta) -> str:
@@ -51,18 +53,20 @@ def _see(state: CertState) -> str:
 
 
 def _fallback(cert: CertInfo, left: timedelta) -> str | None:
-    lifetime = cert.not_after - cert.not_before
-    if lifetime < SHORT_LIFETIME:
-        if left <= lifetime / 2:
-            return f"half of its lifetime left ({_days(left)} of {_days(lifetime)})"
-    elif left <= lifetime / 3:
-        return f"a third of its lifetime left ({_days(left)} of {_days(lifetime)})"
-    return None
+    # Seconds, not timedeltas: every certificate of a cron run passes here.
+    lifetime = (cert.not_after - cert.not_before).total_seconds()
+    part = 2 if lifetime < _SHORT_SECONDS else 3
+    if left.total_seconds() * part > lifetime:
+        return None
+    share = "half" if part == 2 else "a third"
+    return (f"{share} of its lifetime left ({_days(left)} of "
+            f"{_days(timedelta(seconds=lifetime))})")
 
 
 def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime,
-               state: CertState | None = None) -> str | None:
-    """Why this job is due, or None when its pair is current."""
+               state: CertState | None = None, now_ts: float | None = None) -> str | None:
+    """Why this job is due, or None when its pair is current (``now_ts``: ``now`` as a
+    timestamp, computed once per plan rather than once per certificate)."""
     cert = found.cert
     if cert is None:
         return found.problem or "missing"
@@ -75,10 +79,12 @@ def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime,
             [f"-{' -'.join(dropped)}"] if dropped else [])
         return f"names changed ({' '.join(parts)})"
     left = cert.not_after - now
-    if left <= timedelta(0):
+    if left <= _ZERO:
         return f"expired {_days(-left)} ago"
     window = None
     if state is not None:
+        if now_ts is None:
+            now_ts = now.timestamp()
         if state.revoked:
             return f"revoked ({state.revoked})"
         wanted = line.profile or ""
@@ -88,9 +94,9 @@ def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime,
         window = state.window
         # A window that reaches past notAfter was clamped when it was kept; one that is
         # somehow still beyond it is not trusted with the certificate's life.
-        if window is not None and window.chosen >= cert.not_after.timestamp():
+        if window is not None and window.chosen - now_ts >= left.total_seconds():
             window = None
-        if window is not None and window.end <= now.timestamp():
+        if window is not None and window.end <= now_ts:
             return f"past the CA's renewal window (ended {_date(window.end)}){_see(state)}"
     after = settings.generate_new_certs_after_days
     if after:
@@ -101,12 +107,12 @@ def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime,
             return None
         return _fallback(cert, left)
     if settings.reauthorize_days is not None:
-        if left < timedelta(days=settings.reauthorize_days):
+        if left.total_seconds() < settings.reauthorize_days * 86400:
             return f"expires in {_days(left)}"
         return None
     if window is not None:
-        if window.chosen <= now.timestamp():
-            assert state is not None
+        assert state is not None and now_ts is not None
+        if window.chosen <= now_ts:
             return (f"inside the CA's renewal window (until {_date(window.end)})"
                     f"{_see(state)}")
         return None
@@ -115,15 +121,22 @@ def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime,
 
 def plan(settings: Settings, lines: tuple[CertLine, ...],
          found: Mapping[tuple[int, KeyType], Found], now: datetime,
-         states: Mapping[tuple[int, KeyType], CertState] | None = None) -> list[Job]:
+         states: Mapping[tuple[int, KeyType], CertState] | None = None,
+         default: CertState | None = None) -> list[Job]:
+    """``default``: the state of every certificate with a certID that ``states`` does not
+    name (``store.renewal.states_for``: one state standing for all while none is due)."""
     jobs: list[Job] = []
     states = states or {}
+    now_ts = now.timestamp()
     for line in lines:
         for key_type in settings.key_types:
             key = (line.lineno, key_type)
             state = found[key]
             kept = states.get(key)
-            reason = due_reason(settings, line, state, now, kept)
+            if kept is None and default is not None and state.cert is not None \
+                    and state.cert.cert_id:
+                kept = default
+            reason = due_reason(settings, line, state, now, kept, now_ts)
             if reason is not None:
                 cert_id = state.cert.cert_id if state.cert is not None else ""
                 jobs.append(Job(line, key_type, reason, state, replaces=cert_id or None,

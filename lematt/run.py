@@ -37,7 +37,7 @@ from lematt.report import Reporter
 from lematt.store.atomic import write_atomic
 from lematt.store.inventory import scan
 from lematt.store.layout import PUBLIC_MODE
-from lematt.store.renewal import RenewalBook, cert_names, states_for
+from lematt.store.renewal import RenewalBook, index_identity, states_for
 from lematt.store.tree import Store
 
 
@@ -73,15 +73,21 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
         for message in store.recover():
             reporter.change(message)
         now = options.now or datetime.now(UTC)
-        found = await anyio.to_thread.run_sync(scan, store, config.lines, settings.key_types)
+        names: dict[tuple[int, KeyType], str] = {}  # each certificate's file name
+        found = await anyio.to_thread.run_sync(scan, store, config.lines, settings.key_types,
+                                               names)
         env = OrderEnv(config, store, reporter, options.test, options.parallel,
                        options.processes, lock_fd)
         # What the CA offers and its renewal windows (RFC 9773): asked only when what was
         # kept is stale, so a cron run with fresh renewal info sends nothing.
-        names = cert_names(store.layout, config.lines, settings.key_types)
         book = RenewalBook(store.root)
-        await refresh(env, found, names, book, now)
-        jobs = plan(settings, config.lines, found, now, states_for(book, names, found))
+        profiles = {line.profile or "" for line in config.lines}
+        index = index_identity(store.root)
+        states, default = states_for(book, names, found, now.timestamp(), profiles, index)
+        if await refresh(env, found, names, book, default, now, index):
+            states, default = states_for(book, names, found, now.timestamp(), profiles,
+                                         index)
+        jobs = plan(settings, config.lines, found, now, states, default)
         # Config warnings (must-staple, ignored files) are news only when something is due,
         # or when a person is watching: a cron run with nothing due stays silent.
         if jobs or not reporter.cron:

@@ -1,6 +1,7 @@
 """Before planning: what the CA offers, and each certificate's renewal window (RFC 9773).
 
-Contract: ``await refresh(env, found, names, book, now)`` brings ``book``
+Contract: ``await refresh(env, found, names, book, default, now, index)`` brings
+``book``
 (``lematt.store.renewal``) up to date for the run's CA and saves it:
 
 * The CA's directory is read when the kept ``CaFacts`` are missing, older than
@@ -37,7 +38,7 @@ from lematt.errors import (
 )
 from lematt.model import CertState, Found, KeyType, RenewalWindow
 from lematt.orders.context import OrderEnv
-from lematt.store.renewal import CaFacts, RenewalBook
+from lematt.store.renewal import CaFacts, RenewalBook, complete
 
 CA_RECHECK_SECONDS = 86400.0
 CONCURRENCY = 50
@@ -73,6 +74,7 @@ def check_profiles(env: OrderEnv, facts: CaFacts) -> None:
 
 def _todo(found: Mapping[tuple[int, KeyType], Found], names: Mapping[tuple[int, KeyType], str],
           book: RenewalBook, now: float) -> list[tuple[str, Found, CertState | None]]:
+    """The certificates to ask about: no kept state, or one past its next check."""
     todo = []
     for key, name in names.items():
         state = found[key]
@@ -110,17 +112,26 @@ def _window(start: float, end: float, not_after: float, kept: CertState | None,
 
 async def refresh(env: OrderEnv, found: Mapping[tuple[int, KeyType], Found],
                   names: Mapping[tuple[int, KeyType], str], book: RenewalBook,
-                  now: datetime, *, pick: Callable[[float, float], float] = random.uniform
-                  ) -> None:
+                  default: CertState | None, now: datetime, index: str, *,
+                  pick: Callable[[float, float], float] = random.uniform) -> bool:
+    """See the module docstring; ``default`` is ``store.renewal.states_for``'s (a state
+    standing for every certificate: then none is due for a question), ``index`` the
+    inventory index the book was matched against. True when the book's rows changed (then
+    the caller reads the states again)."""
     now_ts = now.timestamp()
     url = env.directory_url
     facts = book.ca(url)
     wanted = _wanted_profiles(env)
     fresh = (facts is not None and 0 <= now_ts - facts.checked < CA_RECHECK_SECONDS
              and all(p in facts.profiles for p in wanted))
-    todo = _todo(found, names, book, now_ts) if fresh and facts and facts.renewal_info else []
+    ari = fresh and facts is not None and facts.renewal_info
+    # A default state stands for every certificate only while none is due for a question.
+    todo = _todo(found, names, book, now_ts) if ari and default is None else []
     if fresh and not todo:
-        return
+        if ari and default is None and not book.summary_matches(index):
+            # Written again for this index, the summary spares the next runs every row.
+            _save(env, book, names, found, now_ts, index)
+        return False
     try:
         await _ask(env, found, names, book, now_ts, todo if fresh else None, pick)
     except ConfigError:
@@ -131,9 +142,16 @@ async def refresh(env: OrderEnv, found: Mapping[tuple[int, KeyType], Found],
     facts = book.ca(url)
     if facts is not None:
         check_profiles(env, facts)
+    _save(env, book, names, found, now_ts, index)
+    return True
+
+
+def _save(env: OrderEnv, book: RenewalBook, names: Mapping[tuple[int, KeyType], str],
+          found: Mapping[tuple[int, KeyType], Found], now: float, index: str) -> None:
     try:
         book.save(set(names.values()),
-                  {env.settings.directory_test, env.settings.directory_prod})
+                  {env.settings.directory_test, env.settings.directory_prod},
+                  index=index, complete=complete(book, names, found, now))
     except StoreError as exc:
         env.reporter.warn(f"{exc}; renewal info is fetched again next time")
 

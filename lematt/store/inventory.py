@@ -153,9 +153,11 @@ class Index:
                          PUBLIC_MODE)
 
 
-def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ...]
+def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ...],
+         names: dict[tuple[int, KeyType], str] | None = None
          ) -> dict[tuple[int, KeyType], Found]:
-    """Found state per (line number, key type), through the index."""
+    """Found state per (line number, key type), through the index; ``names`` (if given)
+    receives each one's certificate file name, which the renewal state is keyed by."""
     index = Index(store)
     found: dict[tuple[int, KeyType], Found] = {}
     keep: set[str] = set()
@@ -165,6 +167,8 @@ def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ..
                 key_name, cert_name = store.layout.pair_names(line, kt)
                 keep.add(cert_name)
                 found[(line.lineno, kt)] = index.lookup(key_name, cert_name)
+                if names is not None:
+                    names[(line.lineno, kt)] = cert_name
     finally:
         index.save(keep)
     return found

@@ -20,7 +20,8 @@ from lematt.store.renewal import (
     STATE_NAME,
     CaFacts,
     RenewalBook,
-    cert_names,
+    complete,
+    index_identity,
     states_for,
 )
 from lematt.store.tree import Store
@@ -131,10 +132,91 @@ def test_the_index_keeps_the_cert_id_and_states_follow_it(tmp_path: Path) -> Non
     cert_id = crypto.read_certificate(chain).cert_id
     assert cert_id and "." in cert_id
     first = scan(store, (line,), ("ec",))
-    cached = scan(store, (line,), ("ec",))  # from the index this time
+    names: dict = {}
+    cached = scan(store, (line,), ("ec",), names)  # from the index this time
     assert first[(1, "ec")].cert.cert_id == cached[(1, "ec")].cert.cert_id == cert_id
-    names = cert_names(store.layout, (line,), ("ec",))
+    assert names == {(1, "ec"): "a.example.com-cert-combined.prime256v1.pem"}
     book = RenewalBook(store.root)
     book.put(names[(1, "ec")], CertState(cert_id, "classic"))
-    assert states_for(book, names, cached) == {(1, "ec"): CertState(cert_id, "classic")}
-    assert states_for(book, names, {(1, "ec"): Found(None, "missing")}) == {}
+    now, index = NOW.timestamp(), index_identity(store.root)
+    assert states_for(book, names, cached, now, {"classic"}, index) == (
+        {(1, "ec"): CertState(cert_id, "classic")}, None)
+    assert states_for(book, names, {(1, "ec"): Found(None, "missing")}, now, {""},
+                      index) == ({}, None)
+
+
+def test_the_shortcut_decides_as_the_rows_would(tmp_path: Path) -> None:
+    """While nothing kept is due, one shared state stands for the rows; planning must come
+    to the same decisions as with each row's own state, at any moment before the earliest
+    one the summary names, and the shortcut must switch itself off for anything else."""
+    from datetime import timedelta
+
+    from lematt.plan import plan
+
+    settings = Settings(conf_dir=tmp_path, account_key=tmp_path / "a.key",
+                        challenge_drop_dir=tmp_path, key_types=("ec",))
+    ca, key = LocalCA(), crypto.load_private_key(crypto.generate_private_pem("ec"))
+    lines = tuple(CertLine(n, (f"q{n}.example.com",)) for n in range(1, 7))
+    found = {}
+    for line in lines:
+        # Ages 10..85 days of 90: the fallback would renew the older ones.
+        pem = ca.issue_days(key, line.names, NOW, 10 + 15 * (line.lineno - 1))
+        found[(line.lineno, "ec")] = Found(crypto.read_certificate(pem), None, True)
+    names = {(line.lineno, "ec"): f"q{line.lineno}.pem" for line in lines}
+    book = RenewalBook(tmp_path)
+    t, day = NOW.timestamp(), 86400.0
+    for n, (key_, name) in enumerate(names.items()):
+        if n == 5:
+            continue  # one certificate without a row: the fallback decides for it
+        window = RenewalWindow(t + (2 + n) * day, t + (3 + n) * day, t + (2.5 + n) * day)
+        book.put(name, CertState(found[key_].cert.cert_id, "", window, t + 0.5 * day))
+    assert not complete(book, names, found, t)
+    book.save(index="inventory-1", complete=False)
+
+    def decisions(states: dict, default: CertState | None, now: object) -> list:
+        return [(j.line.lineno, j.reason)
+                for j in plan(settings, lines, found, now, states, default)]
+
+    for hours in (0, 1, 11):
+        now = NOW + timedelta(hours=hours)
+        loaded = RenewalBook(tmp_path)
+        fast, default = states_for(loaded, names, found, now.timestamp(), {""}, "inventory-1")
+        assert default is None and set(fast) == set(names) - {(6, "ec")}
+        slow = {k: st for k, n in names.items()
+                if (st := RenewalBook(tmp_path).state(n, found[k].cert.cert_id))}
+        decided = decisions(fast, None, now)
+        assert decided == decisions(slow, None, now)
+        assert [n for n, _ in decided] == [6] and "a third of its lifetime" in decided[0][1]
+
+    # A row for every certificate, matched against this index: not a row is read.
+    book.put(names[(6, "ec")], CertState(found[(6, "ec")].cert.cert_id, "",
+                                         RenewalWindow(t + 9 * day, t + 10 * day, t + 9 * day),
+                                         t + day))
+    assert complete(book, names, found, t)
+    book.save(index="inventory-1", complete=True)
+    loaded = RenewalBook(tmp_path)
+    states, default = states_for(loaded, names, found, t, {""}, "inventory-1")
+    assert states == {} and default is not None and loaded._rows is None
+    assert decisions(states, default, NOW) == []
+    # Another index, past the earliest moment, other profiles, a revocation: no shortcut.
+    assert states_for(RenewalBook(tmp_path), names, found, t, {""}, "inventory-2")[1] is None
+    assert states_for(RenewalBook(tmp_path), names, found, t + day, {""}, "inventory-1")[
+        0][(1, "ec")].cert_id
+    assert RenewalBook(tmp_path).shortcut(t, {"classic"}, "inventory-1") is None
+    assert RenewalBook(tmp_path).shortcut(t, {"", "x"}, "inventory-1") is None
+    loaded.put("q1.pem", loaded.state("q1.pem", found[(1, "ec")].cert.cert_id)._replace(
+        revoked="superseded"))
+    loaded.save(index="inventory-1", complete=True)
+    assert RenewalBook(tmp_path).shortcut(t, {""}, "inventory-1") is None
+
+
+def test_rows_without_windows_are_as_good_as_none(tmp_path: Path) -> None:
+    """Against a CA without ARI the rows hold profiles only: while they agree with the
+    lines, nothing needs reading, whatever the index."""
+    book = RenewalBook(tmp_path)
+    book.put("a.pem", CertState("id-a", ""))
+    book.put("b.pem", CertState("id-b", None))
+    book.save()
+    shortcut = RenewalBook(tmp_path).shortcut(NOW.timestamp(), {""}, "")
+    assert shortcut is not None and shortcut.everyone and shortcut.state is None
+    assert RenewalBook(tmp_path).shortcut(NOW.timestamp(), {"shortlived"}, "") is None
