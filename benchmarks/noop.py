@@ -5,13 +5,17 @@ EC certificate per line, issued by a local throwaway CA (no CA is asked for 20,0
 certificates), then times ``python -m lematt --prod --cron`` from process start to exit,
 several times. The first run after building may fill lematt's inventory cache; the figures
 that matter are the steady-state runs. Prints figures; asserts nothing. No network at all.
+``--renewal-info`` first writes fresh renewal state for every certificate (as a run against
+a CA with ARI leaves it: the CA's facts read now, a window a month ahead, the next question
+hours away), so the run reads and judges it but asks the CA nothing.
 
 With ``--original DIR`` (a checkout of the original lematt, e.g.
 ../shared/reference/original-lematt) each run of lematt is followed by a run of the original
 ``lematt.py --prod --cron`` on the same tree, and both medians and their ratio are printed.
 The conf dir carries the settings the original needs (it reads them all unconditionally).
 
-    python3 benchmarks/noop.py [--lines 10000] [--runs 5] [--workdir DIR] [--original DIR]
+    python3 benchmarks/noop.py [--lines 10000] [--runs 5] [--workdir DIR] [--renewal-info]
+                               [--original DIR]
 """
 
 from __future__ import annotations
@@ -32,6 +36,9 @@ from benchcommon import REPO, lematt_env
 
 from lematt import config as config_mod
 from lematt import crypto
+from lematt.model import CertState, KeyType, RenewalWindow
+from lematt.store.inventory import scan
+from lematt.store.renewal import CaFacts, RenewalBook, index_identity
 from lematt.store.tree import Store
 from lematt.testing.certs import LocalCA
 
@@ -73,6 +80,24 @@ def build(conf_dir: Path, lines: int) -> None:
     marker.write_text(str(lines))
 
 
+def fresh_renewal_info(conf_dir: Path) -> None:
+    """Renewal state as a run against a CA with renewalInfo leaves it, for every certificate."""
+    config = config_mod.load(conf_dir / "lematt.conf")
+    settings = config.settings
+    store = Store(settings, test=False)
+    names: dict[tuple[int, KeyType], str] = {}
+    found = scan(store, config.lines, settings.key_types, names)
+    book = RenewalBook(store.root)
+    now = time.time()
+    book.set_ca(CaFacts(settings.directory_prod, now, renewal_info=True))
+    for key, name in names.items():
+        cert = found[key].cert
+        assert cert is not None and cert.cert_id, "certificates without an AKI: rebuild"
+        window = RenewalWindow(now + 30 * 86400, now + 40 * 86400, now + 35 * 86400)
+        book.put(name, CertState(cert.cert_id, "", window, now + 6 * 3600))
+    book.save(index=index_identity(store.root), complete=True)
+
+
 def timed_run(conf_dir: Path, original: Path | None = None) -> tuple[float, int, str, float]:
     """One no-op run of lematt (or, with ``original``, of the original lematt.py)."""
     program = ([str(original / "lematt.py")] if original is not None else ["-m", "lematt"])
@@ -94,14 +119,19 @@ def main() -> int:
                     default=Path(tempfile.gettempdir()) / "lematt-bench-noop")
     ap.add_argument("--original", type=Path, metavar="DIR",
                     help="also time the original lematt.py in DIR on the same tree")
+    ap.add_argument("--renewal-info", action="store_true",
+                    help="write fresh renewal state for every certificate first")
     args = ap.parse_args()
     conf_dir = args.workdir / f"conf-{args.lines}"
     t0 = time.perf_counter()
     build(conf_dir, args.lines)
+    if args.renewal_info:
+        fresh_renewal_info(conf_dir)
     print(f"conf dir with {args.lines} lines ready in {time.perf_counter() - t0:.1f} s "
           f"({conf_dir})", flush=True)
-    # Forget any inventory cache so the first run shows the cold cost.
-    for cache in conf_dir.glob("prod/.inventory*"):
+    # Forget any inventory cache so the first run shows the cold cost (with renewal info the
+    # index stays: the state was matched against it, as a run against the CA leaves it).
+    for cache in conf_dir.glob("prod/.inventory*") if not args.renewal_info else ():
         cache.unlink()
     walls: list[float] = []
     originals: list[float] = []
@@ -122,6 +152,7 @@ def main() -> int:
     steady = walls[1:] or walls
     figures: dict[str, object] = {
         "benchmark": "noop", "lines": args.lines, "certificates": 2 * args.lines,
+        "renewal_info": args.renewal_info,
         "first_run_s": round(walls[0], 3), "steady_median_s": round(statistics.median(steady), 3),
         "steady_min_s": round(min(steady), 3), "cpus": os.cpu_count()}
     if originals:

@@ -1,14 +1,20 @@
 """Command line: ``lematt (--test | --prod) [--config PATH] [--parallel N] [--processes N]
-[--deadline SECONDS] [--cron] [--json PATH] [--debug]``.
+[--deadline SECONDS] [--cron] [--json PATH] [--debug]`` (the run), and the commands
+``lematt account show|update-contact|rollover|deactivate`` and ``lematt revoke NAME...``.
 
 Contract: ``main(argv)`` returns the exit status and never raises for expected problems:
-0 every certificate current or renewed and every action succeeded; 1 some certificate or
-action failed (all others still completed), or the run could not start (CA or account
-unreachable); 2 usage or config error, reported before anything changed (a ``--json``
+0 every certificate current or renewed and every action succeeded (a command: done); 1 some
+certificate or action failed (all others still completed), or the run could not start (CA or
+account unreachable); 2 usage or config error, reported before anything changed (a ``--json``
 directory that is missing or not writable is one); 75 (EX_TEMPFAIL) another run holds the
 lock - nothing was done, a later run will; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP) after
 cleaning up. Errors are one line; a traceback only with ``--debug``. A ``--json`` summary
 that cannot be written at the end is one line and status 1.
+
+Every command takes ``--test | --prod``, ``--config`` and ``--debug`` like the run, before or
+after its name (``lematt --test account show`` = ``lematt account show --test``). A command is
+an entry in ``COMMANDS`` with a parser builder and a handler; plain ``lematt --test`` (no
+command) is the run, unchanged.
 """
 
 from __future__ import annotations
@@ -18,20 +24,22 @@ import os
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from lematt.config import Config
     from lematt.errors import LemattError
     from lematt.model import RunResult
+    from lematt.orders.context import OrderEnv
     from lematt.report import Reporter
     from lematt.run import Options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 EXIT_LOCKED = 75  # EX_TEMPFAIL (sysexits.h): cron wrappers and systemd treat it as "try later"
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a Ctrl-C
+_R = TypeVar("_R")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,17 +69,79 @@ def _seconds(text: str) -> float:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """--test/--prod, --config, --debug: on the top parser with their defaults, on every
+    command's parser without (SUPPRESS), so that a value given before the command's name is
+    not overwritten by the command parser's default."""
+    keep: dict[str, object] = {} if top else {"default": argparse.SUPPRESS}
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--test", dest="test", action="store_const", const=True,
+                      help="use the test CA (directoryTest) and the test/ tree", **keep)
+    mode.add_argument("--prod", dest="test", action="store_const", const=False,
+                      help="use the production CA (directoryProd) and the prod/ tree", **keep)
+    p.add_argument("--config", type=Path, **({"default": Path("conf/lematt.conf")} | keep),
+                   help="lematt.conf; domains and actions.conf are read from its directory "
+                        "(default: conf/lematt.conf)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks",
+                   **({"default": False} | keep))
+
+
+def _email(text: str) -> str:
+    from lematt.config.settings import email_address
+
+    try:
+        return email_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _account_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    account = sub.add_parser("account", help="show or change the ACME account of accountKey",
+                             description="Show or change the ACME account that accountKey "
+                                         "has at the CA of --test or --prod.")
+    _common(account, top=False)
+    actions = account.add_subparsers(dest="action", metavar="ACTION", required=True,
+                                     parser_class=_Parser)
+    show = actions.add_parser("show", help="the account's URL, status, contact and key")
+    contact = actions.add_parser("update-contact", help="replace the account's contact "
+                                 "addresses (default: contactEmail of lematt.conf)")
+    contact.add_argument("emails", nargs="*", type=_email, metavar="EMAIL")
+    rollover = actions.add_parser("rollover", help="move the account to a new key (RFC 8555 "
+                                  "7.3.5); accountKey is replaced once the CA confirmed")
+    deactivate = actions.add_parser("deactivate", help="deactivate the account for good "
+                                    "(RFC 8555 7.3.6)")
+    deactivate.add_argument("--yes", action="store_true",
+                            help="really deactivate: the CA refuses the key from then on")
+    for action in (show, contact, rollover, deactivate):
+        _common(action, top=False)
+
+
+def _revoke_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    revoke = sub.add_parser("revoke", help="revoke stored certificates; they are renewed at "
+                            "the next run", description="Revoke the stored certificates of "
+                            "the domains lines that carry NAME (RFC 8555 7.6), signed with the "
+                            "account key; each is due at the next run, with a new key.")
+    _common(revoke, top=False)
+    revoke.add_argument("names", nargs="+", metavar="NAME",
+                        help="any name of a domains line")
+    revoke.add_argument("--reason", default="unspecified", choices=REVOCATION_REASONS,
+                        help="RFC 5280 reason (default: %(default)s)")
+    revoke.add_argument("--key-type", choices=("rsa", "ec"),
+                        help="only this key type's certificate (default: every keyTypes)")
+
+
+# The RFC 5280 reasons a subscriber may give (lematt.acme.client.REVOCATION_REASONS), spelled
+# here too so that `lematt --help` does not import the ACME client.
+REVOCATION_REASONS = ("unspecified", "keyCompromise", "affiliationChanged", "superseded",
+                      "cessationOfOperation", "privilegeWithdrawn")
+
+
+def build_parser(commands: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``commands=False`` leaves the commands out (the cron run's path: their
+    seven parsers would triple the cost of parsing its arguments)."""
     p = _Parser(prog="lematt", description="Keep RSA and EC certificates for every domains "
                 "line fresh from an ACME CA, and deploy them.")
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--test", dest="test", action="store_true",
-                      help="use the test CA (directoryTest) and the test/ tree")
-    mode.add_argument("--prod", dest="test", action="store_false",
-                      help="use the production CA (directoryProd) and the prod/ tree")
-    p.add_argument("--config", default="conf/lematt.conf", type=Path,
-                   help="lematt.conf; domains and actions.conf are read from its directory "
-                        "(default: %(default)s)")
+    _common(p, top=True)
     # Defaults come from lematt.conf (parallel, processes), else 20 and 1: 20 is the best
     # measured throughput against a local CA without provoking Pebble's stalls, and already
     # past what Let's Encrypt's rate limits let one account use (README, Speed).
@@ -89,7 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "and failures")
     p.add_argument("--json", type=Path, metavar="PATH",
                    help="also write a JSON summary of the run to PATH")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    if not commands:
+        p.set_defaults(command=None)
+        return p
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser,
+                           help="without one: the run")
+    for builder, _ in COMMANDS.values():
+        builder(sub)
     return p
 
 
@@ -102,13 +178,19 @@ async def _run_until_signal(config: Config, options: Options,
 
     Returns None when a signal stopped the run. A ``LemattError`` is re-raised as itself (a
     task group would otherwise wrap it in an ExceptionGroup)."""
+    from lematt.run import run
+
+    return await _until_signal(run(config, options, reporter))
+
+
+async def _until_signal(work: Awaitable[_R]) -> _R | None:
+    """``work`` until it ends or a signal cancels it (then None); see _run_until_signal."""
     import anyio
     import anyio.abc
 
     from lematt.errors import LemattError
-    from lematt.run import run
 
-    result: RunResult | None = None
+    result: _R | None = None
     error: LemattError | None = None
     async with anyio.create_task_group() as tg:
 
@@ -122,7 +204,7 @@ async def _run_until_signal(config: Config, options: Options,
 
         await tg.start(watch)
         try:
-            result = await run(config, options, reporter)
+            result = await work
         except* LemattError as group:
             # A run-wide error raised inside a task group (the group-commit thread's, an
             # order process's) arrives wrapped: the user gets its own sentence.
@@ -168,8 +250,82 @@ def _write_json(path: Path, summary: dict[str, object], debug: bool) -> bool:
     return True
 
 
+def _command(args: argparse.Namespace) -> int:
+    """Run a command (``lematt account ...``, ``lematt revoke ...``): load the config, run
+    its handler until it ends or a signal stops it, map errors to exit statuses."""
+    import anyio
+
+    from lematt import config as config_mod
+    from lematt.errors import ConfigError, LemattError
+    from lematt.orders.context import OrderEnv
+    from lematt.report import Reporter
+    from lematt.store.tree import Store
+
+    reporter = Reporter(debug=args.debug, test=args.test)
+    try:
+        config = config_mod.load(args.config)
+        env = OrderEnv(config, Store(config.settings, test=args.test), reporter, args.test,
+                       parallel=1)
+        handler = COMMANDS[args.command][1]
+        status = anyio.run(_until_signal, handler(env, args))
+    except LemattError as exc:
+        print(f"lematt: {exc}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exception(exc)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+    except KeyboardInterrupt:
+        status = None
+    if status is None:
+        print("lematt: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return int(status)
+
+
+async def _account(env: OrderEnv, args: argparse.Namespace) -> int:
+    from lematt.errors import ConfigError
+    from lematt.orders import manage
+
+    if args.action == "show":
+        return await manage.show(env)
+    if args.action == "update-contact":
+        emails = args.emails or ([env.settings.contact_email]
+                                 if env.settings.contact_email else [])
+        if not emails:
+            raise ConfigError("no address: give one (lematt account update-contact "
+                              "EMAIL...) or set contactEmail", path=env.settings.source)
+        return await manage.update_contact(env, emails)
+    if args.action == "rollover":
+        return await manage.rollover(env)
+    if not args.yes:
+        raise ConfigError("deactivating an account cannot be undone: the CA refuses its key "
+                          "from then on; add --yes to do it")
+    return await manage.deactivate(env)
+
+
+async def _revoke(env: OrderEnv, args: argparse.Namespace) -> int:
+    from lematt.orders import manage
+
+    key_types = (args.key_type,) if args.key_type else env.settings.key_types
+    return await manage.revoke(env, args.names, args.reason, key_types)
+
+
+Handler = Callable[["OrderEnv", argparse.Namespace], Awaitable[int]]
+# command name -> (adds its parser to the subparsers, runs it). Later commands (status,
+# plan) slot in here the same way.
+COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction[_Parser]], None], Handler]] = {
+    "account": (_account_parser, _account),
+    "revoke": (_revoke_parser, _revoke),
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(commands=any(w in COMMANDS or w in ("-h", "--help") for w in words))
+    args = parser.parse_args(words)
+    if args.test is None:
+        parser.error("one of the arguments --test --prod is required")
+    if args.command is not None:
+        return _command(args)
     if args.json is not None:
         problem = _json_target_problem(args.json)
         if problem is not None:
@@ -208,7 +364,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.json is not None:
             _write_json(args.json, RunResult().to_json(mode, os.getpid(), Failure.of(exc)),
                         args.debug)
-        return EXIT_LOCKED if isinstance(exc, LockError) else EXIT_FAILED
+        if isinstance(exc, LockError):
+            return EXIT_LOCKED
+        # A setting the CA needs (a profile it offers, external account binding) is a config
+        # error found before any order: exit 2, as for the files themselves.
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
     except KeyboardInterrupt:
         result = None
     if result is None:

@@ -148,6 +148,7 @@ def read_certificate(pem: bytes, *, source: str = "certificate") -> CertInfo:
         public_key_der=cert.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         ),
+        cert_id=ari_cert_id(cert),
     )
 
 
@@ -168,6 +169,31 @@ def _chain(chain_pem: bytes) -> list[x509.Certificate]:
         raise CryptoError(f"the CA sent a chain of {len(certs)} certificates (at most "
                           f"{MAX_CHAIN_CERTS} make sense); nothing stored")
     return certs
+
+
+def ari_cert_id(cert: x509.Certificate) -> str:
+    """The certificate's ARI identifier (RFC 9773 section 4.1): base64url (no padding) of
+    the keyIdentifier of its Authority Key Identifier, ".", base64url of the DER content
+    octets of its serial number. "" when it has no AKI keyIdentifier."""
+    import base64
+
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    except x509.ExtensionNotFound:
+        return ""
+    if not aki.key_identifier:
+        return ""
+    serial = cert.serial_number
+    if serial < 0:  # not a valid serial (RFC 5280 4.1.2.2): no CA can name it either
+        return ""
+    # A DER INTEGER is two's complement: a positive serial whose top bit is set carries a
+    # leading zero octet, and that octet is part of the certID (RFC 9773 section 4.1).
+    octets = serial.to_bytes((serial.bit_length() + 8) // 8, "big")
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+    return f"{b64(aki.key_identifier)}.{b64(octets)}"
 
 
 def normalized_chain(chain_pem: bytes) -> bytes:
@@ -273,3 +299,21 @@ def _is_ca(cert: x509.Certificate, *, signs_certificates: bool = False) -> bool:
             return False
         return usage.key_cert_sign
     return True
+def _chain_certs(pem: str | bytes) -> list[x509.Certificate]:
+    data = pem.encode() if isinstance(pem, str) else pem
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise CryptoError(f"the CA sent a chain that is not readable PEM ({exc})") from exc
+
+
+def leaf_der(pem: str | bytes) -> bytes:
+    """The DER bytes of a PEM chain's first (leaf) certificate."""
+    return _chain_certs(pem)[0].public_bytes(serialization.Encoding.DER)
+
+
+def top_issuer_cn(pem: str | bytes) -> str | None:
+    """The issuer common name of a chain's last (topmost) certificate: the root a client
+    ends at (what ``preferredChain`` names)."""
+    cns = _chain_certs(pem)[-1].issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(cns[0].value) if cns else None

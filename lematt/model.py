@@ -15,7 +15,7 @@ import functools
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from lematt.errors import (
     AcmeNetworkError,
@@ -65,6 +65,9 @@ class CertLine:
     # True when the certificate must carry the TLS Feature "status_request" extension
     # (RFC 7633, "OCSP must-staple"), from the actions section(s) its names map to.
     ocsp_must_staple: bool = False
+    # The CA profile to order with (draft-ietf-acme-profiles), from lematt.conf's ``profile``
+    # or the line's actions section; None: the CA's default.
+    profile: str | None = None
 
     @property
     def primary(self) -> str:
@@ -89,6 +92,10 @@ class CertInfo:
     not_after: datetime
     names: frozenset[str]
     public_key_der: bytes = field(default=b"", compare=False)
+    # The certificate's ARI identifier (RFC 9773 section 4.1): base64url of the Authority Key
+    # Identifier's keyIdentifier, ".", base64url of the serial number's DER content octets.
+    # Empty when the certificate has no AKI (then no CA can name it) or the value is unknown.
+    cert_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -100,12 +107,42 @@ class Found:
     key_present: bool = False
 
 
+class RenewalWindow(NamedTuple):
+    """A CA's suggested renewal window (RFC 9773 section 4.2) and the moment lematt picked in
+    it, once, so that successive cron runs agree. Seconds since the epoch: every cron run
+    reads one per certificate, and 20,000 datetimes cost more than the rest of planning."""
+
+    start: float
+    end: float
+    chosen: float
+    explanation_url: str | None = None
+
+
+class CertState(NamedTuple):
+    """What lematt keeps about one stored certificate beside the tree (``store.renewal``),
+    valid only while ``cert_id`` is the certificate's. ``profile`` is the profile lematt
+    ordered it with ("" none, None unknown: issued before lematt recorded it); ``window`` the
+    CA's renewal window; ``next_check`` when to ask the CA again (Retry-After), in seconds
+    since the epoch; ``revoked`` the reason given to ``lematt revoke`` (the pair is due)."""
+
+    cert_id: str
+    profile: str | None = None
+    window: RenewalWindow | None = None
+    next_check: float = 0.0
+    revoked: str | None = None
+
+
 @dataclass(frozen=True)
 class Job:
     line: CertLine
     key_type: KeyType
     reason: str
     found: Found
+    # The certificate this order replaces (its ARI certID, RFC 9773 section 5): sent in
+    # newOrder when the CA offers renewalInfo.
+    replaces: str | None = None
+    # Never reuse the stored key (the pair was revoked).
+    new_key: bool = False
 
     @property
     def label(self) -> str:
@@ -193,6 +230,8 @@ class Outcome:
     failure: Failure | None = None
     not_after: datetime | None = None
     new_key: bool = False
+    # The new certificate's ARI certID, so the run can keep its renewal state.
+    cert_id: str = ""
 
     @property
     def ok(self) -> bool:
@@ -207,6 +246,7 @@ def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
         "not_after": outcome.not_after.isoformat() if outcome.not_after else None,
         "error": outcome.failure.message if outcome.failure else None,
         "failure": outcome.failure.to_json() if outcome.failure else None,
+        "profile": job.line.profile, "cert_id": outcome.cert_id or None,
     }
 
 
@@ -217,7 +257,7 @@ def outcome_from_json(job: Job, data: dict[str, Any]) -> Outcome:
     return Outcome(job, changed=bool(data.get("renewed")),
                    failure=Failure.from_json(failure) if isinstance(failure, dict) else None,
                    not_after=datetime.fromisoformat(not_after) if not_after else None,
-                   new_key=bool(data.get("new_key")))
+                   new_key=bool(data.get("new_key")), cert_id=str(data.get("cert_id") or ""))
 
 
 @dataclass(frozen=True)

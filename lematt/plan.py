@@ -1,20 +1,41 @@
 """Planning: which (domains line x key type) jobs are due, and why. Pure: no I/O.
 
-Contract: ``plan(settings, lines, found, now)`` returns one ``Job`` per due pair, in domains
-order, RSA before EC, each with a human reason. A job is due when its certificate is missing,
-unreadable, expired, within ``reauthorizeDays`` of notAfter, older than
-``generateNewCertsAfterDays`` (measured from notBefore, so the certificate's own lifetime
-counts, not an assumed 90 days), its key is missing or does not match, or its names differ
-from the line.
+Contract: ``plan(settings, lines, found, now, states, default)`` returns one ``Job`` per due
+pair, in domains order, RSA before EC, each with a human reason; ``states`` holds what is
+kept about each stored certificate (``model.CertState``: the CA's renewal window, the profile it was
+ordered with, a revocation mark), only for certificates it still describes. The rules, first
+match wins (README "Renewal timing"):
+
+1. the certificate is missing or unreadable, its key is missing or does not match, its names
+   differ from the line, it has expired, ``lematt revoke`` revoked it, or its profile is not
+   the line's profile: due;
+2. the CA's renewal window (ARI, RFC 9773) has already ended: due, whatever else is set (a
+   CA moves the window into the past to ask for renewal now, e.g. before a revocation);
+3. ``generateNewCertsAfterDays`` set: due at that age (from notBefore, so the certificate's
+   own lifetime counts); an age the certificate cannot reach before it expires also falls
+   back to rule 6, so a short certificate never runs out;
+4. ``reauthorizeDays`` set: due that many days before notAfter;
+5. a renewal window from the CA: due once the moment picked in it has passed;
+6. otherwise: due when a third of the certificate's lifetime is left (half for lifetimes
+   under 10 days).
+
+``timing_warnings`` names the settings that make no sense for the stored certificates'
+lifetimes (renewing at every run, or expiring first).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from lematt.config import Settings
-from lematt.model import CertLine, Found, Job, KeyType
+from lematt.model import CertInfo, CertLine, CertState, Found, Job, KeyType
+
+# Below this lifetime a third left is too little room for a failed run or two (a 6-day
+# certificate would have 2 days): renew at half of it instead.
+SHORT_LIFETIME = timedelta(days=10)
+_SHORT_SECONDS = SHORT_LIFETIME.total_seconds()
+_ZERO = timedelta(0)
 
 
 def _days(delta: timedelta) -> str:
@@ -22,8 +43,30 @@ def _days(delta: timedelta) -> str:
     return f"{days:.1f} d" if abs(days) < 10 else f"{days:.0f} d"
 
 
-def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime) -> str | None:
-    """Why this job is due, or None when its pair is current."""
+def _date(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _see(state: CertState) -> str:
+    url = state.window.explanation_url if state.window else None
+    return f"; the CA explains: {url}" if url else ""
+
+
+def _fallback(cert: CertInfo, left: timedelta) -> str | None:
+    # Seconds, not timedeltas: every certificate of a cron run passes here.
+    lifetime = (cert.not_after - cert.not_before).total_seconds()
+    part = 2 if lifetime < _SHORT_SECONDS else 3
+    if left.total_seconds() * part > lifetime:
+        return None
+    share = "half" if part == 2 else "a third"
+    return (f"{share} of its lifetime left ({_days(left)} of "
+            f"{_days(timedelta(seconds=lifetime))})")
+
+
+def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime,
+               state: CertState | None = None, now_ts: float | None = None) -> str | None:
+    """Why this job is due, or None when its pair is current (``now_ts``: ``now`` as a
+    timestamp, computed once per plan rather than once per certificate)."""
     cert = found.cert
     if cert is None:
         return found.problem or "missing"
@@ -36,26 +79,99 @@ def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime) 
             [f"-{' -'.join(dropped)}"] if dropped else [])
         return f"names changed ({' '.join(parts)})"
     left = cert.not_after - now
-    if left <= timedelta(0):
+    if left <= _ZERO:
         return f"expired {_days(-left)} ago"
+    window = None
+    if state is not None:
+        if now_ts is None:
+            now_ts = now.timestamp()
+        if state.revoked:
+            return f"revoked ({state.revoked})"
+        wanted = line.profile or ""
+        if state.profile is not None and state.profile != wanted:
+            return (f"profile changed ({state.profile or 'the CA default'} -> "
+                    f"{wanted or 'the CA default'})")
+        window = state.window
+        # A window that reaches past notAfter was clamped when it was kept; one that is
+        # somehow still beyond it is not trusted with the certificate's life.
+        if window is not None and window.chosen - now_ts >= left.total_seconds():
+            window = None
+        if window is not None and window.end <= now_ts:
+            return f"past the CA's renewal window (ended {_date(window.end)}){_see(state)}"
     after = settings.generate_new_certs_after_days
     if after:
         age = now - cert.not_before
         if age >= timedelta(days=after):
             return f"age {_days(age)} (generateNewCertsAfterDays {after:g})"
+        if timedelta(days=after) < cert.not_after - cert.not_before:
+            return None
+        return _fallback(cert, left)
+    if settings.reauthorize_days is not None:
+        if left.total_seconds() < settings.reauthorize_days * 86400:
+            return f"expires in {_days(left)}"
         return None
-    if left < timedelta(days=settings.reauthorize_days):
-        return f"expires in {_days(left)}"
-    return None
+    if window is not None:
+        assert state is not None and now_ts is not None
+        if window.chosen <= now_ts:
+            return (f"inside the CA's renewal window (until {_date(window.end)})"
+                    f"{_see(state)}")
+        return None
+    return _fallback(cert, left)
 
 
 def plan(settings: Settings, lines: tuple[CertLine, ...],
-         found: Mapping[tuple[int, KeyType], Found], now: datetime) -> list[Job]:
+         found: Mapping[tuple[int, KeyType], Found], now: datetime,
+         states: Mapping[tuple[int, KeyType], CertState] | None = None,
+         default: CertState | None = None) -> list[Job]:
+    """``default``: the state of every certificate with a certID that ``states`` does not
+    name (``store.renewal.states_for``: one state standing for all while none is due)."""
     jobs: list[Job] = []
+    states = states or {}
+    now_ts = now.timestamp()
     for line in lines:
         for key_type in settings.key_types:
-            state = found[(line.lineno, key_type)]
-            reason = due_reason(settings, line, state, now)
+            key = (line.lineno, key_type)
+            state = found[key]
+            kept = states.get(key)
+            if kept is None and default is not None and state.cert is not None \
+                    and state.cert.cert_id:
+                kept = default
+            reason = due_reason(settings, line, state, now, kept, now_ts)
             if reason is not None:
-                jobs.append(Job(line, key_type, reason, state))
+                cert_id = state.cert.cert_id if state.cert is not None else ""
+                jobs.append(Job(line, key_type, reason, state, replaces=cert_id or None,
+                                new_key=bool(kept is not None and kept.revoked)))
     return jobs
+
+
+def timing_warnings(settings: Settings, lines: tuple[CertLine, ...],
+                    found: Mapping[tuple[int, KeyType], Found]) -> list[str]:
+    """One warning per explicit renewal setting that does not fit the lifetimes of the
+    stored certificates: ``reauthorizeDays`` at least a lifetime (renewed at every run),
+    ``generateNewCertsAfterDays`` at least a lifetime (the age is never reached)."""
+    checks = []
+    if settings.reauthorize_days is not None and not settings.generate_new_certs_after_days:
+        checks.append(("reauthorizeDays", settings.reauthorize_days,
+                       "renewed at every run; unset it to follow the CA's renewal window "
+                       "(or a third of the lifetime)"))
+    if settings.generate_new_certs_after_days:
+        checks.append(("generateNewCertsAfterDays", settings.generate_new_certs_after_days,
+                       "never that old: renewed when a third of the lifetime is left "
+                       "instead; lower it or unset it"))
+    warnings = []
+    for key, days, effect in checks:
+        limit = timedelta(days=days)
+        count, first = 0, None
+        for line in lines:
+            for key_type in settings.key_types:
+                cert = found[(line.lineno, key_type)].cert
+                if cert is not None and cert.not_after - cert.not_before <= limit:
+                    count += 1
+                    first = first or (line, key_type, cert.not_after - cert.not_before)
+        if first is not None:
+            line, key_type, lifetime = first
+            warnings.append(
+                f"{settings.where(key)}: {key} {days:g} is at least the lifetime of {count} "
+                f"certificate(s) (first {line.primary} ({key_type.upper()}), "
+                f"{_days(lifetime)}): they are {effect}")
+    return warnings

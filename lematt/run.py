@@ -1,9 +1,11 @@
 """One run of lematt: lock -> recover -> scan -> plan -> orders -> deploy -> result.
 
 Contract: ``await run(config, options, reporter)`` takes the conf-dir lock, finishes any store
-an earlier crash interrupted, plans (pure, ``lematt.plan``), orders every due job
-(``lematt.orders``: at most ``options.parallel`` lines in flight, each inside its forwarders
-and prepare commands; new pairs stored atomically), then deploys the renewed certificates
+an earlier crash interrupted, refreshes what is kept about the CA and its renewal windows
+when it is stale (``lematt.orders.renewal_info``), plans (pure, ``lematt.plan``), orders
+every due job (``lematt.orders``: at most ``options.parallel`` lines in flight, each inside
+its forwarders and prepare commands; new pairs stored atomically, and what each new
+certificate was ordered with kept beside the tree), then deploys the renewed certificates
 and every deploy an earlier run still owes (``lematt.deploy``), and returns a ``RunResult``.
 ``options.deadline`` bounds the orders (counted from the start of the run): past it, every
 unfinished job fails with a timeout, and what was renewed is still deployed.
@@ -27,14 +29,17 @@ import anyio
 from lematt.config import Config
 from lematt.deploy.deployer import Deployer, Pending
 from lematt.errors import StoreError
-from lematt.model import Job, RunResult
+from lematt.model import CertState, Job, KeyType, Outcome, RunResult
 from lematt.orders import order_all
+from lematt.orders.account import check_before_ordering
 from lematt.orders.context import OrderEnv
-from lematt.plan import plan
+from lematt.orders.renewal_info import refresh
+from lematt.plan import plan, timing_warnings
 from lematt.report import Reporter
 from lematt.store.atomic import write_atomic
 from lematt.store.inventory import scan
 from lematt.store.layout import PUBLIC_MODE
+from lematt.store.renewal import RenewalBook, index_identity, states_for
 from lematt.store.tree import Store
 
 
@@ -75,12 +80,26 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
         for message in store.recover():
             reporter.change(message)
         now = options.now or datetime.now(UTC)
-        found = await anyio.to_thread.run_sync(scan, store, config.lines, settings.key_types)
-        jobs = plan(settings, config.lines, found, now)
+        names: dict[tuple[int, KeyType], str] = {}  # each certificate's file name
+        found = await anyio.to_thread.run_sync(scan, store, config.lines, settings.key_types,
+                                               names)
+        env = OrderEnv(config, store, reporter, options.test, options.parallel,
+                       options.processes, lock_fd)
+        # What the CA offers and its renewal windows (RFC 9773): asked only when what was
+        # kept is stale, so a cron run with fresh renewal info sends nothing.
+        book = RenewalBook(store.root)
+        profiles = {line.profile or "" for line in config.lines}
+        index = index_identity(store.root)
+        states, default = states_for(book, names, found, now.timestamp(), profiles, index)
+        if await refresh(env, found, names, book, default, now, index):
+            states, default = states_for(book, names, found, now.timestamp(), profiles,
+                                         index)
+        jobs = plan(settings, config.lines, found, now, states, default)
         # Config warnings (must-staple, ignored files) are news only when something is due,
         # or when a person is watching: a cron run with nothing due stays silent.
         if jobs or not reporter.cron:
-            for warning in config.warnings:
+            for warning in (*config.warnings,
+                            *timing_warnings(settings, config.lines, found)):
                 reporter.warn(warning)
         pending = store.pending.load()
         if not jobs and not pending:
@@ -88,8 +107,8 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
             return result
         for job in jobs:
             reporter.info(f"due: {job.label}: {job.reason}")
-        env = OrderEnv(config, store, reporter, options.test, options.parallel,
-                       options.processes, lock_fd)
+        if jobs:
+            check_before_ordering(env, book.ca(env.directory_url))
         async with contextlib.AsyncExitStack() as stack:
             # One SSH pool for the run: forwarders during the orders and deploys after them
             # share connections to the same hosts.
@@ -102,6 +121,7 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
                     command_timeout=settings.ssh_command_timeout))
             if jobs:
                 result.outcomes = await order_all(env, jobs, pool, deadline=deadline)
+                _keep_issued(env, book, names, result.outcomes)
             renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
             renewed = [line for line in config.lines if line.lineno in renewed_numbers]
             if renewed or pending:
@@ -110,6 +130,26 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
                 result.deploy_seconds = report.wall_seconds
                 result.host_seconds = report.host_seconds
     return result
+
+
+def _keep_issued(env: OrderEnv, book: RenewalBook, names: dict[tuple[int, KeyType], str],
+                 outcomes: list[Outcome]) -> None:
+    """Record what each new certificate was ordered with (its profile), so that a later
+    change of profile makes it due; its renewal window is asked for at the next run (RFC
+    9773 section 4.3: soon after issuance). Lost in a crash, the next run only does not
+    know the profile and fetches the window all the same."""
+    changed = False
+    for outcome in outcomes:
+        if outcome.changed and outcome.cert_id:
+            job = outcome.job
+            book.put(names[(job.line.lineno, job.key_type)],
+                     CertState(outcome.cert_id, job.line.profile or ""))
+            changed = True
+    if changed:
+        try:
+            book.save(set(names.values()))
+        except StoreError as exc:
+            env.reporter.warn(f"{exc}; profiles of the new certificates are not recorded")
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:

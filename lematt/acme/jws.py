@@ -14,6 +14,10 @@ Contract:
   computed once, so a request costs one signature. ``payload=None`` is POST-as-GET (empty
   payload, section 6.3). The protected header carries ``jwk`` when there is no ``kid`` yet or
   ``use_jwk`` (newAccount, section 7.3), else ``kid``.
+* ``eab_binding(eab_kid, hmac_key, account_jwk, url)``: the ``externalAccountBinding`` JWS of
+  a newAccount request (RFC 8555 section 7.3.4, HS256 over the account's JWK).
+* ``key_change_inner(new_signer, url, account_url, old_jwk)``: the inner JWS of a key change
+  (section 7.3.5), signed by the new key, carrying the account URL and the old key.
 
 Only the standard library and ``cryptography`` are used; nothing here does I/O.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import json
 import re
 from typing import Any
@@ -150,12 +155,43 @@ def _encode_payload(payload: dict[str, Any] | None) -> str:
     return b64url(json.dumps(payload, separators=(",", ":")).encode("utf-8"))
 
 
-def _serialize(key: AccountKey, protected: dict[str, Any], payload: dict[str, Any] | None) -> bytes:
+def _jws_object(key: AccountKey, protected: dict[str, Any],
+                payload: dict[str, Any] | None) -> dict[str, str]:
     protected_b64 = b64url(json.dumps(protected, separators=(",", ":")).encode("utf-8"))
     payload_b64 = _encode_payload(payload)
     signature = _signature(key, f"{protected_b64}.{payload_b64}".encode("ascii"))
-    body = {"protected": protected_b64, "payload": payload_b64, "signature": b64url(signature)}
-    return json.dumps(body, separators=(",", ":")).encode("ascii")
+    return {"protected": protected_b64, "payload": payload_b64, "signature": b64url(signature)}
+
+
+def _serialize(key: AccountKey, protected: dict[str, Any], payload: dict[str, Any] | None) -> bytes:
+    return json.dumps(_jws_object(key, protected, payload), separators=(",", ":")).encode("ascii")
+
+
+def eab_binding(eab_kid: str, hmac_key: str, account_jwk: dict[str, str],
+                url: str) -> dict[str, str]:
+    """The ``externalAccountBinding`` member of a newAccount payload (RFC 8555 7.3.4): a JWS
+    over the account's public JWK, protected header ``{alg: HS256, kid, url}`` (no nonce),
+    MAC'd with the CA's HMAC key (given base64url, as CAs hand it out)."""
+    try:
+        mac_key = b64url_decode(hmac_key)
+    except ValueError:
+        raise CryptoError("the external account binding HMAC key is not base64url; "
+                          "copy it exactly as your CA gave it") from None
+    protected = b64url(json.dumps({"alg": "HS256", "kid": eab_kid, "url": url},
+                                  separators=(",", ":")).encode("utf-8"))
+    payload = b64url(json.dumps(account_jwk, separators=(",", ":")).encode("utf-8"))
+    mac = hmac.new(mac_key, f"{protected}.{payload}".encode("ascii"), hashlib.sha256).digest()
+    return {"protected": protected, "payload": payload, "signature": b64url(mac)}
+
+
+def key_change_inner(new_signer: AccountSigner, url: str, account_url: str,
+                     old_jwk: dict[str, str]) -> dict[str, str]:
+    """The inner JWS of a key change (RFC 8555 7.3.5): signed by the new key, its protected
+    header carries the new JWK and the keyChange URL (no nonce, no kid), its payload the
+    account URL and the old key's JWK. It travels as the payload of a request signed with
+    the old key."""
+    protected = {"alg": new_signer.alg, "jwk": new_signer.jwk, "url": url}
+    return _jws_object(new_signer.key, protected, {"account": account_url, "oldKey": old_jwk})
 
 
 class AccountSigner:

@@ -13,8 +13,10 @@ A challenge token that is not 1..``MAX_TOKEN_LENGTH`` base64url characters raise
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -148,14 +150,27 @@ class Directory:
     key_change: str | None = None
     renewal_info: str | None = None
     terms_of_service: str | None = None
+    # meta.externalAccountRequired (RFC 8555 section 7.1.1): newAccount needs an EAB.
+    external_account_required: bool = False
+    # meta.profiles (draft-ietf-acme-profiles section 3): profile name -> description.
+    profiles: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_json(cls, data: Any, url: str) -> Directory:
         obj = _obj(data, url)
         meta = obj.get("meta")
         tos = None
-        if isinstance(meta, Mapping) and isinstance(meta.get("termsOfService"), str):
-            tos = meta["termsOfService"]
+        eab = False
+        profiles: list[tuple[str, str]] = []
+        if isinstance(meta, Mapping):
+            if isinstance(meta.get("termsOfService"), str):
+                tos = meta["termsOfService"]
+            eab = meta.get("externalAccountRequired") is True
+            raw = meta.get("profiles")
+            if isinstance(raw, Mapping):
+                # Names the CA offers; a description that is not a string is shown empty.
+                profiles = [(name, text if isinstance(text, str) else "")
+                            for name, text in raw.items() if isinstance(name, str)]
         return cls(
             url=url,
             new_nonce=_req_str(obj, "newNonce", url),
@@ -165,7 +180,13 @@ class Directory:
             key_change=_str(obj, "keyChange", url, required=False),
             renewal_info=_str(obj, "renewalInfo", url, required=False),
             terms_of_service=tos,
+            external_account_required=eab,
+            profiles=tuple(profiles),
         )
+
+    @property
+    def profile_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.profiles)
 
     def endpoint_name(self, url: str) -> str:
         """The rate-limit endpoint name of a request URL ("*" for any other)."""
@@ -296,6 +317,8 @@ class Order:
     certificate: str | None = None
     error: AcmeProblem | None = None
     expires: str | None = None
+    # The profile the CA applied (draft-ietf-acme-profiles section 4); CAs may leave it out.
+    profile: str | None = None
 
     @classmethod
     def from_json(cls, data: Any, url: str) -> Order:
@@ -314,8 +337,50 @@ class Order:
             certificate=_str(obj, "certificate", url, required=False),
             error=_problem_or_none(obj, url),
             expires=_str(obj, "expires", url, required=False),
+            profile=_str(obj, "profile", url, required=False),
         )
 
     @property
     def names(self) -> tuple[str, ...]:
         return tuple(i.value for i in self.identifiers)
+
+
+# An explanationURL is shown to the user: a plain http(s) URL of sane length, or nothing.
+_EXPLANATION_URL_RE = re.compile(r"https?://[\x21-\x7e]{1,500}")
+
+
+@dataclass(frozen=True)
+class RenewalInfo:
+    """A RenewalInfo object (RFC 9773 section 4.2): the suggested window, as seconds since
+    the epoch, and the optional explanation URL (dropped unless it is a plain http(s) URL)."""
+
+    start: float
+    end: float
+    explanation_url: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Any, url: str) -> RenewalInfo:
+        obj = _obj(data, url)
+        window = _obj(obj.get("suggestedWindow"), url, "field 'suggestedWindow'")
+        start = _timestamp(window, "start", url)
+        end = _timestamp(window, "end", url)
+        # Section 4.2: a window whose end is not after its start is invalid, and clients
+        # treat it as no answer at all.
+        if end <= start:
+            raise _bad(url, "the suggestedWindow ends before it starts")
+        explanation = obj.get("explanationURL")
+        if not isinstance(explanation, str) or not _EXPLANATION_URL_RE.fullmatch(explanation):
+            explanation = None
+        return cls(start, end, explanation)
+
+
+def _timestamp(data: Mapping[str, Any], name: str, url: str) -> float:
+    """An RFC 3339 timestamp field as seconds since the epoch."""
+    raw = _req_str(data, name, url)
+    try:
+        when = datetime.fromisoformat(raw) if len(raw) <= 64 else None
+    except ValueError:
+        when = None
+    if when is None or when.tzinfo is None:
+        raise _bad(url, f"field {name!r} is not an RFC 3339 timestamp: {raw[:40]!r}")
+    return when.timestamp()

@@ -3,14 +3,15 @@
 Contract: ``await obtain(client, names, csr_der, solver, deadline=...)`` returns the PEM chain
 the CA issued for ``names`` (RFC 8555 section 7.4):
 
-1. new order;
+1. new order (with ``replaces`` and ``profile`` when given, see ``AcmeClient.new_order``);
 2. every authorization is read at once; one that is already valid is skipped (section
    7.1.3: the CA may reuse them); the others' http-01 challenges are presented with
    ``solver.present(identifier, token, key_authorization)``, answered, and polled until no
    longer pending. ``ChallengeError`` names each failed name with the CA's problem (as
    ``__cause__`` and in the text). Every ``present`` context is exited on every path; an
    authorization for a name that was not requested is a ``ChallengeError``;
-3. finalize with ``csr_der``, poll the order to valid, download the chain.
+3. finalize with ``csr_der``, poll the order to valid, download the chain (the one whose top
+   certificate was issued by ``preferred_chain``, when the CA offers it).
 
 ``deadline`` is an ``anyio.current_time()`` value; past it, ``AcmeError`` says what timed out.
 Several simultaneous failures become one ``ChallengeError`` listing each.
@@ -146,12 +147,15 @@ async def obtain(
     solver: ChallengeSolver,
     *,
     deadline: float,
+    replaces: str | None = None,
+    profile: str | None = None,
+    preferred_chain: str | None = None,
 ) -> str:
     """Run one order for ``names`` to the end; return the PEM chain (leaf first)."""
     what = ", ".join(names)
     start = anyio.current_time()
     with anyio.move_on_after(deadline - start):
-        order, order_url = await client.new_order(names)
+        order, order_url = await client.new_order(names, replaces=replaces, profile=profile)
         if order.status == Status.INVALID:
             raise AcmeError(f"the CA created the order for {what} as invalid: {order.error}")
         if order.status == Status.PENDING:
@@ -166,7 +170,7 @@ async def obtain(
             raise AcmeError(f"the CA did not issue the certificate for {what}: {reason}")
         if not order.certificate:
             raise AcmeError(f"the CA's valid order {order_url} for {what} has no certificate URL")
-        return await client.download_certificate(order.certificate)
+        return await client.download_certificate(order.certificate, preferred_chain)
     raise AcmeTimeoutError(
         f"timed out obtaining the certificate for {what} after {max(0.0, deadline - start):.0f} s; "
         "try again later"

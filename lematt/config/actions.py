@@ -9,8 +9,9 @@ Structure (upstream's): ``[default]`` applies to certificates no override names,
 to all certificates, any other section is an override with ``domains:`` (full names,
 separated by spaces; shorthand is not expanded here). ``prepare``, ``uploadCerts``,
 ``uploadKeys`` and ``update`` are lists of shell strings: JSON lists in INI (upstream ran them
-through ``json.loads``), YAML lists in YAML. ``ocspStapleRequired`` may be set in
-``[default]`` and in overrides; an override without it takes ``[default]``'s value.
+through ``json.loads``), YAML lists in YAML. ``ocspStapleRequired`` and ``profile`` (the CA
+profile to order with) may be set in ``[default]`` and in overrides; an override without
+one takes ``[default]``'s value.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 from pathlib import Path
 
 from lematt.config.remote import parse_structured
+from lematt.config.settings import profile_name
 from lematt.config.source import (
     Block,
     Entry,
@@ -35,7 +37,7 @@ from lematt.errors import ConfigError
 from lematt.names import validate_dns_name
 
 ACTION_KEYS = ("prepare", "uploadCerts", "uploadKeys", "update")
-ALL_KEYS = (*ACTION_KEYS, "ocspStapleRequired", "domains")
+ALL_KEYS = (*ACTION_KEYS, "ocspStapleRequired", "profile", "domains")
 _FIELDS = {"prepare": "prepare", "uploadCerts": "upload_certs", "uploadKeys": "upload_keys",
            "update": "update"}
 _NOT_ALLOWED = {
@@ -44,6 +46,8 @@ _NOT_ALLOWED = {
         "domains": "[every] covers every certificate",
         "ocspStapleRequired": "must-staple belongs to a certificate's own section "
                               "([default] or an override), not to [every]",
+        "profile": "a profile belongs to a certificate's own section ([default] or an "
+                   "override), not to [every]",
     },
 }
 _LIST_EXAMPLE = '["sudo systemctl reload nginx"]'
@@ -68,9 +72,12 @@ def parse_actions(path: Path, text: str, line_names: frozenset[str]) -> \
     warnings: list[str] = []
     parsed = [_section_values(path, block, is_ini) for block in blocks]
     default_ocsp = False
+    default_profile = None
     for block, values in zip(blocks, parsed, strict=True):
         if block.name == "default" and "ocspStapleRequired" in values:
             default_ocsp = _ocsp(path, block, values)
+        if block.name == "default":
+            default_profile = _profile(path, block, values)
 
     default = every = None
     overrides: list[Section] = []
@@ -81,12 +88,14 @@ def parse_actions(path: Path, text: str, line_names: frozenset[str]) -> \
             every = Section("every", lineno=block.line, **lists)
             continue
         ocsp = _ocsp(path, block, values) if "ocspStapleRequired" in values else default_ocsp
+        profile = _profile(path, block, values) or default_profile
         if block.name == "default":
-            default = Section("default", ocsp_staple_required=ocsp, lineno=block.line, **lists)
+            default = Section("default", ocsp_staple_required=ocsp, profile=profile,
+                              lineno=block.line, **lists)
             continue
         domains = _override_domains(path, block, values, line_names, warnings)
         overrides.append(Section(block.name, domains=domains, ocsp_staple_required=ocsp,
-                                 lineno=block.line, **lists))
+                                 profile=profile, lineno=block.line, **lists))
     return Actions(default=default, every=every, overrides=tuple(overrides)), warnings
 
 
@@ -123,6 +132,16 @@ def _ocsp(path: Path, block: Block, values: dict[str, tuple[object, int]]) -> bo
     except ValueError as exc:
         raise ConfigError(f"ocspStapleRequired in [{block.name}]: {exc}",
                           path=path, line=line) from None
+
+
+def _profile(path: Path, block: Block, values: dict[str, tuple[object, int]]) -> str | None:
+    if "profile" not in values or is_unset(values["profile"][0]):
+        return None
+    value, line = values["profile"]
+    try:
+        return profile_name(value)
+    except ValueError as exc:
+        raise ConfigError(f"profile in [{block.name}]: {exc}", path=path, line=line) from None
 
 
 def _command_list(path: Path, section: str, key: str, value: object, line: int,

@@ -75,6 +75,7 @@ def load(config_path: Path) -> Config:
         warnings += action_warnings
 
     lines = _apply_must_staple(lines, actions, domains_path)
+    lines = _apply_profiles(lines, actions, settings, domains_path)
     staplers = [line for line in lines if line.ocsp_must_staple]
     if staplers:
         first = staplers[0]
@@ -118,6 +119,38 @@ def _apply_must_staple(lines: list[CertLine], actions: Actions, domains_path: Pa
                 "has one must-staple setting, so make them agree", path=domains_path,
                 line=line.lineno)
         result.append(replace(line, ocsp_must_staple=True) if seen.get(True) else line)
+    return result
+
+
+def _apply_profiles(lines: list[CertLine], actions: Actions, settings: Settings,
+                    domains_path: Path) -> list[CertLine]:
+    """Give each line its CA profile: the one of the sections its names map to (as for
+    must-staple), else lematt.conf's ``profile``; sections that disagree are an error."""
+    sections = [s for s in (actions.default, *actions.overrides) if s is not None]
+    if not settings.profile and not any(s.profile for s in sections):
+        return lines
+    default = (actions.default.profile if actions.default else None) or settings.profile
+    by_name: dict[str, list[Section]] = {}
+    for section in actions.overrides:
+        for name in section.domains:
+            by_name.setdefault(name, []).append(section)
+    result = []
+    for line in lines:
+        seen: dict[str | None, str] = {}
+        for name in line.names:
+            for section in by_name.get(name, ()):
+                seen.setdefault(section.profile or settings.profile,
+                                f"[{section.name}] for {name}")
+            if name not in by_name:
+                seen.setdefault(default, f"the default for {name}")
+        if len(seen) > 1:
+            said = "; ".join(f"{p or 'none'}: {where}" for p, where in seen.items())
+            raise ConfigError(
+                "the names of this certificate map to actions sections with different "
+                f"profiles ({said}); a certificate has one profile, so make them agree",
+                path=domains_path, line=line.lineno)
+        profile = next(iter(seen)) if seen else default
+        result.append(replace(line, profile=profile) if profile else line)
     return result
 
 

@@ -63,6 +63,12 @@ KNOWN_KEYS = (
     "orderTimeout",
     "caAllowedOrigins",
     "runTimeout",
+    "profile",
+    "eabKid",
+    "eabHmacKey",
+    "eabHmacKeyFile",
+    "agreeTermsOfService",
+    "preferredChain",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -74,6 +80,11 @@ _TAG_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 # RFC 5322 "atext" local part; RFC 8555 section 7.3 wants a single plain mailto: address.
 _EMAIL_RE = re.compile(r"(?P<local>[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+)@(?P<domain>[^@\s]+)")
 _KEY_TYPE_SPLIT_RE = re.compile(r"[\s,]+")
+# draft-ietf-acme-profiles leaves profile names to the CA; Let's Encrypt's are "classic",
+# "tlsserver", "shortlived". lematt takes plain tokens, so a name is safe in messages and files.
+PROFILE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_B64URL_RE = re.compile(r"[A-Za-z0-9_-]+={0,2}")
+_PRINTABLE_RE = re.compile(r"[^\x00-\x1f\x7f]{1,256}")
 
 _MISSING = object()
 
@@ -146,7 +157,14 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
     def as_path(value: object) -> Path:
         return _path(value, conf_dir)
 
-    kw: dict[str, object] = {"conf_dir": conf_dir}
+    kw: dict[str, object] = {"conf_dir": conf_dir, "source": path,
+                             "key_lines": tuple((k, line) for k, (_, line) in values.items())}
+    both = [k for k in ("eabHmacKey", "eabHmacKeyFile") if k in values
+            and not is_unset(values[k][0])]
+    if len(both) == 2:
+        raise ConfigError("eabHmacKey and eabHmacKeyFile are both set: keep one (the file "
+                          "keeps the secret out of lematt.conf)", path=path,
+                          line=line_of("eabHmacKeyFile"))
     simple: dict[str, tuple[str, Callable[[object], object]]] = {
         "reauthorizeDays": ("reauthorize_days", _positive_days),
         "generateNewCertsAfterDays": ("generate_new_certs_after_days", _optional_days),
@@ -173,6 +191,12 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "orderTimeout": ("order_timeout", _positive_seconds),
         "caAllowedOrigins": ("ca_allowed_origins", _origins),
         "runTimeout": ("run_timeout", _positive_seconds),
+        "profile": ("profile", profile_name),
+        "eabKid": ("eab_kid", _eab_kid),
+        "eabHmacKey": ("eab_hmac_key", _hmac_key),
+        "eabHmacKeyFile": ("eab_hmac_key", lambda v: _hmac_key_file(as_path(v))),
+        "agreeTermsOfService": ("agree_terms_of_service", to_bool),
+        "preferredChain": ("preferred_chain", _printable),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)
@@ -190,6 +214,12 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
     if kw.get("generate_new_certs_after_days") == 0:
         kw["generate_new_certs_after_days"] = None
 
+    if ("eab_kid" in kw) != ("eab_hmac_key" in kw):
+        missing, given = (("eabHmacKey (or eabHmacKeyFile)", "eabKid") if "eab_kid" in kw
+                          else ("eabKid", both[0] if both else "eabHmacKey"))
+        raise ConfigError(f"{given} is set but {missing} is not: external account binding "
+                          "needs both values your CA gave you", path=path,
+                          line=line_of(given))
     if "account_key" not in kw:
         raise ConfigError("accountKey is missing: name the ACME account key file "
                           "(e.g. 'accountKey: account.key')", path=path)
@@ -224,6 +254,48 @@ def _number(value: object) -> float:
     if not math.isfinite(number):
         raise ValueError(f"{value!r} is not a finite number")
     return number
+
+
+def profile_name(value: object) -> str:
+    name = _string(value)
+    if not PROFILE_RE.fullmatch(name):
+        raise ValueError(f"{name!r} is not a profile name (1-64 letters, digits, '.', '_', "
+                         "'-'; e.g. classic, tlsserver, shortlived)")
+    return name
+
+
+def _eab_kid(value: object) -> str:
+    kid = _string(value)
+    if not kid or any(c.isspace() for c in kid) or not _PRINTABLE_RE.fullmatch(kid):
+        raise ValueError("expected the key identifier your CA gave you (printable, no spaces)")
+    return kid
+
+
+def _hmac_key(value: object) -> str:
+    key = _string(value)
+    if not _B64URL_RE.fullmatch(key) or len(key.rstrip("=")) < 16:
+        raise ValueError("expected the HMAC key your CA gave you, base64url encoded "
+                         "(letters, digits, '-' and '_'; at least 16 characters)")
+    return key.rstrip("=")
+
+
+def _hmac_key_file(path: Path) -> str:
+    path = _readable_file(path)
+    try:
+        text = path.read_text(encoding="ascii", errors="strict")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {str(path)!r}: {exc}") from None
+    try:
+        return _hmac_key(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"{str(path)!r}: {exc}") from None
+
+
+def _printable(value: object) -> str:
+    text = _string(value)
+    if not _PRINTABLE_RE.fullmatch(text):
+        raise ValueError("expected 1-256 printable characters")
+    return text
 
 
 def _positive_days(value: object) -> float:
@@ -442,3 +514,8 @@ def _rate_limits(value: object) -> tuple[tuple[str, float], ...]:
                 f"{endpoint}: {rate!r} must be requests per second greater than 0", line)
         limits[endpoint] = number
     return tuple(limits.items())
+
+
+def email_address(value: object) -> str:
+    """A contact address as lematt.conf's contactEmail takes it (``ValueError`` otherwise)."""
+    return _email(value)

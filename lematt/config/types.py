@@ -24,7 +24,9 @@ class Settings:
     account_key: Path
     challenge_drop_dir: Path | None = None
     challenge_listen: tuple[str, int] | None = None
-    reauthorize_days: float = 15.0
+    # Explicit renewal rules (upstream's); unset, the CA's renewal window (ARI) or a third of
+    # the certificate's lifetime decides (lematt.plan).
+    reauthorize_days: float | None = None
     generate_new_certs_after_days: float | None = None
     key_bits_rsa: int = 2048
     curve: str = "prime256v1"
@@ -57,12 +59,31 @@ class Settings:
     # Seconds the whole run may spend on orders (--deadline overrides it); None: no limit
     # beyond each order's own orderTimeout.
     run_timeout: float | None = None
+    # The CA profile for every certificate (an actions section's ``profile`` overrides it).
+    profile: str | None = None
+    # External account binding (RFC 8555 section 7.3.4): the key id and the HMAC key (base64url,
+    # as the CA hands it out), used when the account is registered.
+    eab_kid: str | None = None
+    eab_hmac_key: str | None = field(default=None, repr=False)
+    # Agree to the CA's terms of service when registering (on: drop-in for the original).
+    agree_terms_of_service: bool = True
+    # Prefer the chain whose top certificate was issued by this CN (Link rel="alternate").
+    preferred_chain: str | None = None
+    # Where each key was written (file and line), for messages that name the setting.
+    source: Path | None = field(default=None, compare=False)
+    key_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
     def tag(self, key_type: KeyType) -> str:
         return self.rsa_tag if key_type == "rsa" else self.curve_tag
 
     def directory_url(self, test: bool) -> str:
         return self.directory_test if test else self.directory_prod
+
+    def where(self, key: str) -> str:
+        """``file:line`` of ``key`` in lematt.conf (just the file when it is not written)."""
+        line = dict(self.key_lines).get(key)
+        where = str(self.source) if self.source is not None else "lematt.conf"
+        return f"{where}:{line}" if line is not None else where
 
 
 @dataclass(frozen=True)
@@ -117,6 +138,8 @@ class Section:
     upload_keys: tuple[str | SshUpload, ...] = ()
     update: tuple[str | SshRun, ...] = ()
     ocsp_staple_required: bool = False
+    # The CA profile for this section's certificates (None: lematt.conf's ``profile``).
+    profile: str | None = None
     # Line of the section header (INI) or section key (YAML) in the actions file, for
     # messages; not part of equality (the same section is the same wherever it is written).
     lineno: int | None = field(default=None, compare=False)

@@ -50,7 +50,11 @@ async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
     from lematt.orders.account import ensure_registered
     from lematt.orders.lines import order_here
     from lematt.orders.pipeline import report_outcome
+    from lematt.orders.rollover import resolve_rollover
 
+    # A key rollover a crash interrupted is settled first: the key file must be the
+    # account's before anything is signed with it.
+    await resolve_rollover(env)
     account_key = load_or_create_account_key(env.settings.account_key, env.reporter.change)
     outcomes: list[Outcome] = []
 

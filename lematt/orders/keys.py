@@ -1,8 +1,9 @@
 """A job's key: the stored one reused, or a new one; CPU-bound key work in worker processes.
 
 Contract: ``key_for(settings, layout, job, workers)`` returns ``(key, pem)``: the stored key
-when it may be reused (not ``alwaysGenerateNewKeys``, present, of the configured type and
-size; a stored RSA key is validated first), with ``pem`` None; else a new key and its PEM.
+when it may be reused (not ``alwaysGenerateNewKeys``, not a revoked pair, present, of the
+configured type and size; a stored RSA key is validated first), with ``pem`` None; else a
+new key and its PEM.
 Nothing is written: a new key lives in memory until its certificate is stored with it.
 
 ``async with key_workers() as workers: pem = await workers.run(fn, *args)`` runs a
@@ -91,7 +92,8 @@ async def key_for(settings: Settings, layout: Layout, job: Job, workers: KeyWork
     from lematt import crypto
 
     s = settings
-    if not s.always_generate_new_keys and job.found.key_present:
+    # A revoked pair (job.new_key) never keeps its key: it may be why it was revoked.
+    if not s.always_generate_new_keys and not job.new_key and job.found.key_present:
         pem = read_bytes(layout.paths(job.line, job.key_type).key)
         if pem is not None:
             with contextlib.suppress(CryptoError):

@@ -33,7 +33,9 @@ async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
         names = job.line.names
         csr_der = crypto.make_csr(key, names, must_staple=job.line.ocsp_must_staple)
         deadline = anyio.current_time() + env.settings.order_timeout
-        chain = await obtain(tools.client, names, csr_der, tools.solver, deadline=deadline)
+        chain = await obtain(tools.client, names, csr_der, tools.solver, deadline=deadline,
+                             replaces=job.replaces, profile=job.line.profile,
+                             preferred_chain=env.settings.preferred_chain)
         # What is stored is what was checked: the chain's certificates and nothing else.
         chain_pem = crypto.normalized_chain(chain.encode())
         info = crypto.check_issued(chain_pem, key, names)
@@ -43,6 +45,7 @@ async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
             await tools.committer.commit(NewPair(
                 job.line, job.key_type, new_pem, crypto.csr_pem(csr_der), chain_pem))
         outcome.changed, outcome.not_after, outcome.new_key = True, info.not_after, bool(new_pem)
+        outcome.cert_id = info.cert_id
     except LemattError as exc:
         outcome.failure = Failure.of(exc)
     except Exception as exc:  # a bug must fail its job, not the other orders

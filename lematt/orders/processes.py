@@ -97,7 +97,7 @@ async def _one_process(env: OrderEnv, number: int, count: int, jobs: list[Job],
         "journal": f"pending-{number}",
         "shared_dir": str(shared_dir) if env.settings.challenge_listen else None,
         "jobs": [[job.line.lineno, list(job.line.names), job.key_type, job.reason,
-                  job.found.key_present] for job in jobs],
+                  job.found.key_present, job.replaces, job.new_key] for job in jobs],
     }
     waiting = {(job.line.lineno, job.key_type): job for job in jobs}
     process = await anyio.open_process(
@@ -155,10 +155,11 @@ async def _serve(env: OrderEnv, spec: dict[str, Any]) -> None:
     lines = {line.lineno: line for line in env.config.lines}
     jobs: list[Job] = []
     changed: list[Job] = []  # the domains file was edited after the main process read it
-    for lineno, names, key_type, reason, key_present in spec["jobs"]:
+    for lineno, names, key_type, reason, key_present, replaces, new_key in spec["jobs"]:
         line = lines.get(lineno)
         if line is not None and list(line.names) == names:
-            jobs.append(Job(line, key_type, reason, Found(None, key_present=key_present)))
+            jobs.append(Job(line, key_type, reason, Found(None, key_present=key_present),
+                            replaces=replaces, new_key=new_key))
         else:
             changed.append(Job(CertLine(lineno, tuple(names)), key_type, reason, Found(None)))
     out = sys.stdout

@@ -26,7 +26,8 @@ from lematt.store.layout import PUBLIC_MODE
 from lematt.store.tree import Store
 
 INDEX_NAME = ".inventory"
-INDEX_VERSION = 1
+# Version 2 added each certificate's ARI certID; an index of another version is rebuilt.
+INDEX_VERSION = 2
 
 
 def read_pair(key_path: str, cert_path: str) -> Found:
@@ -68,17 +69,17 @@ def _encode(name: str, cert_id: str, key_id: str, found: Found) -> str:
     fields = [name, cert_id, key_id, "1" if found.key_present else "0", problem]
     if cert is not None:
         fields += [repr(cert.not_before.timestamp()), repr(cert.not_after.timestamp()),
-                   " ".join(sorted(cert.names))]
+                   " ".join(sorted(cert.names)), cert.cert_id]
     return "\t".join(fields)
 
 
 def _decode(fields: list[str]) -> Found:
     problem = fields[4] or None
     info = None
-    if len(fields) == 8:
+    if len(fields) == 9:
         info = CertInfo(datetime.fromtimestamp(float(fields[5]), UTC),
                         datetime.fromtimestamp(float(fields[6]), UTC),
-                        frozenset(fields[7].split()))
+                        frozenset(fields[7].split()), cert_id=fields[8])
     return Found(info, problem, fields[3] == "1")
 
 
@@ -96,7 +97,7 @@ class Index:
             if head == f"lematt-inventory {INDEX_VERSION}":
                 for row in body.splitlines():
                     fields = row.split("\t")
-                    if len(fields) in (5, 8):
+                    if len(fields) in (5, 9):
                         self.entries[fields[0]] = fields
             else:
                 self.changed = True
@@ -152,9 +153,11 @@ class Index:
                          PUBLIC_MODE)
 
 
-def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ...]
+def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ...],
+         names: dict[tuple[int, KeyType], str] | None = None
          ) -> dict[tuple[int, KeyType], Found]:
-    """Found state per (line number, key type), through the index."""
+    """Found state per (line number, key type), through the index; ``names`` (if given)
+    receives each one's certificate file name, which the renewal state is keyed by."""
     index = Index(store)
     found: dict[tuple[int, KeyType], Found] = {}
     keep: set[str] = set()
@@ -164,6 +167,8 @@ def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ..
                 key_name, cert_name = store.layout.pair_names(line, kt)
                 keep.add(cert_name)
                 found[(line.lineno, kt)] = index.lookup(key_name, cert_name)
+                if names is not None:
+                    names[(line.lineno, kt)] = cert_name
     finally:
         index.save(keep)
     return found

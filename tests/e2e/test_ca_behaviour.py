@@ -5,8 +5,8 @@
   Pebble never does, so ``tests.ca_front.reuse_orders`` does it in front of the real Pebble.
 * The account URL: lematt remembers it beside the account key and sends no newAccount when
   it knows it; the front counts the newAccount requests that reach the CA.
-* A run-wide account error (a real Pebble that requires external account binding): one
-  line, exit 1, and the ``--json`` summary still written.
+* A run-wide error found before anything changed (a real Pebble that requires external
+  account binding, none configured): one line, exit 2, and the ``--json`` summary written.
 """
 
 from __future__ import annotations
@@ -147,12 +147,14 @@ def test_an_account_error_is_one_line_and_the_summary_is_written(
         "directoryTest": eab_pebble.directory_url, "caBundle": eab_pebble.ca_bundle})
     summary = tmp_path / "summary.json"
     result = run_lematt("--test", "--config", conf, "--json", summary)
-    assert result.returncode == 1
+    # The directory says externalAccountRequired and lematt.conf has no eabKid: a config
+    # error, found before any request that could change anything.
+    assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("lematt: registering the ACME account")
-    assert "externalAccountRequired" in lines[0]
+    assert lines[0].startswith(f"lematt: {conf.resolve()}: the CA at ")
+    assert "requires external account binding: set eabKid" in lines[0]
     data = json.loads(summary.read_text())
     assert data["ok"] is False
-    assert "externalAccountRequired" in data["error"]
+    assert data["failure"]["kind"] == "config"
     assert not (conf.parent / "account.key.accounts.json").exists()

@@ -54,7 +54,7 @@ def test_minimal_conf_gives_the_documented_defaults(tmp_path: Path) -> None:
     assert s.account_key == base / "account.key"
     assert s.challenge_drop_dir == base / "challenges"
     assert s.challenge_listen is None
-    assert s.reauthorize_days == 15.0
+    assert s.reauthorize_days is None  # unset: ARI or a third of the lifetime decides
     assert s.generate_new_certs_after_days is None
     assert s.key_bits_rsa == 2048
     assert s.curve == "prime256v1"
@@ -162,7 +162,7 @@ def test_ini_keys_ignore_case_as_configparser_did(tmp_path: Path) -> None:
 
 def test_empty_value_means_default(tmp_path: Path) -> None:
     s = load(write(tmp_path, MINIMAL + "reauthorizeDays:\ncaBundle =\n")).settings
-    assert s.reauthorize_days == 15.0 and s.ca_bundle is None
+    assert s.reauthorize_days is None and s.ca_bundle is None
 
 
 @pytest.mark.parametrize(("written", "expected"), [("0", None), ("3.5", 3.5), ("90", 90.0)])

@@ -48,9 +48,9 @@ def test_expired() -> None:
 
 def test_age_rule_uses_the_certificates_own_lifetime() -> None:
     s = settings(generate_new_certs_after_days=7)
-    # A 6-day certificate aged 3 days is not due by age (an assumed 90-day lifetime would
+    # A 10-day certificate aged 3 days is not due by age (an assumed 90-day lifetime would
     # say 87 days left < 83 -> not due either; the point is the age itself decides).
-    assert due_reason(s, LINE, found(3, lifetime_days=6), NOW) is None
+    assert due_reason(s, LINE, found(3, lifetime_days=10), NOW) is None
     assert due_reason(s, LINE, found(7.5, lifetime_days=45), NOW).startswith("age 7.5 d")
     # 5-year certificate aged 8 days: due by age although expiry is years away.
     assert due_reason(s, LINE, found(8, lifetime_days=1825), NOW).startswith("age 8.0 d")
