@@ -1,7 +1,8 @@
 """The domain types shared by every layer of lematt, and their one JSON codec.
 
 Contract: plain values with no I/O and no heavy imports (no cryptography, no aiohttp): a
-domains line (``CertLine``), what is known of a stored certificate (``CertInfo``, ``Found``),
+domains line (``CertLine``), what is known of a stored certificate (``CertInfo``, ``Found``)
+and what is kept about it beside the tree (``CertState``, with the CA's ``RenewalWindow``),
 one unit of work (``Job``: a line and a key type, with the reason it is due), what became of
 it (``Outcome``, with a structured ``Failure``), one deploy step's result (``StepOutcome``)
 and a whole run (``RunResult``). ``outcome_to_json`` / ``outcome_from_json`` are the only
