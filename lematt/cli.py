@@ -256,7 +256,7 @@ def _command(args: argparse.Namespace) -> int:
     import anyio
 
     from lematt import config as config_mod
-    from lematt.errors import ConfigError, LemattError
+    from lematt.errors import ConfigError, LemattError, LockError
     from lematt.orders.context import OrderEnv
     from lematt.report import Reporter
     from lematt.store.tree import Store
@@ -272,6 +272,8 @@ def _command(args: argparse.Namespace) -> int:
         print(f"lematt: {exc}", file=sys.stderr)
         if args.debug:
             traceback.print_exception(exc)
+        if isinstance(exc, LockError):
+            return EXIT_LOCKED
         return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
     except KeyboardInterrupt:
         status = None
