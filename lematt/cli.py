@@ -235,6 +235,20 @@ def _json_target_problem(path: Path) -> str | None:
     return None
 
 
+def _run_wide_error(exc: LemattError, debug: bool) -> int:
+    """One line for an error that stopped a run or command, and its exit status."""
+    from lematt.errors import ConfigError, LockError
+
+    print(f"lematt: {exc}", file=sys.stderr)
+    if debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, LockError):
+        return EXIT_LOCKED
+    # A setting the CA needs (a profile it offers, external account binding) is a config
+    # error found before any order: exit 2, as for the files themselves.
+    return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+
+
 def _write_json(path: Path, summary: dict[str, object], debug: bool) -> bool:
     """Write the ``--json`` summary; a failure is one line on stderr and False."""
     from lematt.errors import StoreError
@@ -256,7 +270,7 @@ def _command(args: argparse.Namespace) -> int:
     import anyio
 
     from lematt import config as config_mod
-    from lematt.errors import ConfigError, LemattError, LockError
+    from lematt.errors import LemattError
     from lematt.orders.context import OrderEnv
     from lematt.report import Reporter
     from lematt.store.tree import Store
@@ -269,12 +283,7 @@ def _command(args: argparse.Namespace) -> int:
         handler = COMMANDS[args.command][1]
         status = anyio.run(_until_signal, handler(env, args))
     except LemattError as exc:
-        print(f"lematt: {exc}", file=sys.stderr)
-        if args.debug:
-            traceback.print_exception(exc)
-        if isinstance(exc, LockError):
-            return EXIT_LOCKED
-        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+        return _run_wide_error(exc, args.debug)
     except KeyboardInterrupt:
         status = None
     if status is None:
@@ -337,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import anyio
 
     from lematt import config as config_mod
-    from lematt.errors import ConfigError, LemattError, LockError
+    from lematt.errors import ConfigError, LemattError
     from lematt.model import Failure, RunResult
     from lematt.report import Reporter
     from lematt.run import Options
@@ -360,17 +369,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = anyio.run(_run_until_signal, config, options, reporter)
     except LemattError as exc:
-        print(f"lematt: {exc}", file=sys.stderr)
-        if args.debug:
-            traceback.print_exception(exc)
         if args.json is not None:
             _write_json(args.json, RunResult().to_json(mode, os.getpid(), Failure.of(exc)),
                         args.debug)
-        if isinstance(exc, LockError):
-            return EXIT_LOCKED
-        # A setting the CA needs (a profile it offers, external account binding) is a config
-        # error found before any order: exit 2, as for the files themselves.
-        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+        return _run_wide_error(exc, args.debug)
     except KeyboardInterrupt:
         result = None
     if result is None:
