@@ -437,3 +437,36 @@ def test_a_rollover_killed_in_flight_is_settled_by_the_next_run(
         assert key_now == old_key
     assert "renewed roll.life.test (EC)" in after.stdout
     assert "registered" not in after.stdout  # still the same account
+
+
+def test_a_refused_rollover_keeps_the_key_and_a_foreign_side_file_stops_the_run(
+        tmp_path: Path, life: PebbleRig, run_lematt: RunLematt,
+        front_on: Callable[..., CaFront]) -> None:
+    def refuse(front: CaFront, request: Request) -> Reply | None:
+        if request.method == "POST" and request.path == directory_path(front, "keyChange"):
+            problem = {"type": "urn:ietf:params:acme:error:unauthorized",
+                       "detail": "key change refused", "status": 403}
+            return Reply(403, {"Content-Type": "application/problem+json"},
+                         json.dumps(problem).encode())
+        return None
+
+    front = front_on(life, [refuse])
+    conf = conf_for(tmp_path, life, "refused.life.test\n", directory=front.directory_url,
+                    bundle=front.ca_bundle)
+    assert run_lematt("--test", "--config", conf).returncode == 0
+    old_key = (tmp_path / "account.key").read_bytes()
+    refused = run_lematt("account", "rollover", "--test", "--config", conf)
+    assert refused.returncode == 1
+    (line,) = refused.stderr.strip().splitlines()
+    assert "unauthorized" in line and "key change refused" in line
+    assert (tmp_path / "account.key").read_bytes() == old_key
+    assert not (tmp_path / "account.key.rollover").exists()
+
+    # A side file lematt did not write: nothing is signed until a person looks at it.
+    (tmp_path / "account.key.rollover").write_text("not json")
+    with conf.open("a") as fh:
+        fh.write("reauthorizeDays = 36500\n")
+    stopped = run_lematt("--test", "--config", conf)
+    assert stopped.returncode == 1
+    assert "account.key.rollover is not a rollover record lematt wrote" in stopped.stderr
+    assert "renewed" not in stopped.stdout

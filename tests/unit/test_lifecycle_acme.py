@@ -173,3 +173,70 @@ def test_a_kept_window_keeps_its_moment_and_is_cut_at_expiry() -> None:
 def test_retry_after_is_clamped_to_a_minute_and_a_day() -> None:
     assert _clamped(1) == 60 and _clamped(21600) == 21600 and _clamped(10**9) == 86400
     assert _clamped(None) == 6 * 3600
+
+
+def _pem(subject: str, issuer: str, key: Any, signer: Any, serial: int) -> str:
+    from cryptography.hazmat.primitives import serialization
+
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    cert = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+            .public_key(key.public_key()).serial_number(serial)
+            .not_valid_before(now).not_valid_after(now + timedelta(days=1))
+            .sign(signer, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def _new_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+class _Transport:
+    """Answers POSTs from a table: what ``AcmeClient.download_certificate`` sees of a CA."""
+
+    def __init__(self, replies: dict[str, tuple[str, list[str]]]) -> None:
+        self.replies, self.asked = replies, []
+        self.on_account_gone = None
+
+    async def post(self, url: str, payload: Any, what: str, **kw: Any) -> Reply:
+        self.asked.append(url)
+        body, links = self.replies[url]
+
+        class Headers(dict[str, str]):
+            def getall(self, name: str, default: list[str]) -> list[str]:
+                return [f'<{u}>;rel="alternate"' for u in links]
+
+        return Reply(url, 200, Headers({"Content-Type": "application/pem-certificate-chain"}),
+                     body.encode())
+
+
+@pytest.mark.anyio
+async def test_preferred_chain_takes_only_an_alternate_of_the_same_leaf() -> None:
+    from lematt.acme.client import MAX_ALTERNATES, AcmeClient
+
+    # As CAs offer them: one leaf, its intermediate cross-signed by two roots.
+    inter_key = _new_key()
+    leaf = _pem("x.test", "Inter", _new_key(), inter_key, 7)
+    default = leaf + _pem("Inter", "Root A", inter_key, _new_key(), 1)
+    wanted = leaf + _pem("Inter", "Root B", inter_key, _new_key(), 2)
+    # A hostile alternate: the wanted root, but another leaf.
+    foreign = (_pem("x.test", "Inter", _new_key(), inter_key, 9)
+               + _pem("Inter", "Root B", inter_key, _new_key(), 2))
+    transport = _Transport({"u/0": (default, ["u/1", "u/2"]), "u/1": (foreign, []),
+                            "u/2": (wanted, [])})
+    client = AcmeClient(transport)  # type: ignore[arg-type]
+    assert await client.download_certificate("u/0", "Root B") == wanted
+    assert await client.download_certificate("u/0", "Root A") == default
+    assert await client.download_certificate("u/0", None) == default
+    transport.asked.clear()
+    assert await client.download_certificate("u/0", "Root C") == default
+    assert transport.asked == ["u/0", "u/1", "u/2"]
+    # However many the CA lists, at most MAX_ALTERNATES are fetched.
+    many = {f"m/{i}": (foreign, []) for i in range(1, 20)}
+    transport = _Transport({"m/0": (default, list(many)), **many})
+    client = AcmeClient(transport)  # type: ignore[arg-type]
+    assert await client.download_certificate("m/0", "Root B") == default
+    assert len(transport.asked) == 1 + MAX_ALTERNATES
