@@ -8,8 +8,10 @@ book or the tree meanwhile), settles an interrupted key rollover first
 one line each) or raises ``LemattError`` for what stops it altogether (``ConfigError``:
 exit 2, nothing was asked of the CA).
 
-* ``show``: the account URL, status, contact and key of ``accountKey`` at the CA; never
-  registers (newAccount with ``onlyReturnExisting`` when no URL is remembered).
+* No command creates an account key or registers an account: without a key, or without an
+  account for it at the CA (remembered, else looked up with newAccount and
+  ``onlyReturnExisting``), each says so and returns 1.
+* ``show``: the account URL, status, contact and key of ``accountKey`` at the CA.
 * ``update_contact(emails)``: the account's contact becomes ``mailto:`` those addresses.
 * ``rollover``: RFC 8555 section 7.3.5, crash-safe (``roll_over``).
 * ``deactivate``: RFC 8555 section 7.3.6; the key can then never be used at that CA again,
@@ -24,20 +26,19 @@ exit 2, nothing was asked of the CA).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from lematt.errors import AcmeProblem, ConfigError
 from lematt.model import CertState, KeyType
-from lematt.orders.account import (
-    AccountBook,
-    known_account,
-    load_or_create_account_key,
-    open_client,
-    use_account,
-)
+from lematt.orders.account import AccountBook, known_account, open_client
 from lematt.orders.context import OrderEnv
 from lematt.orders.rollover import resolve_rollover, roll_over
 from lematt.store.atomic import read_bytes
 from lematt.store.renewal import RenewalBook
+
+if TYPE_CHECKING:
+    from lematt import crypto
+    from lematt.acme.client import AcmeClient
 
 ALREADY_REVOKED = "urn:ietf:params:acme:error:alreadyRevoked"
 
@@ -52,26 +53,49 @@ def _key_words(key: object) -> str:
     return type(key).__name__
 
 
-async def show(env: OrderEnv) -> int:
+def _account_key(env: OrderEnv) -> crypto.PrivateKey | None:
+    """The account key, or None (said) when there is none yet: commands never create one."""
     from lematt import crypto
+
+    path = env.settings.account_key
+    data = read_bytes(path)
+    if data is None:
+        env.reporter.failure(f"accountKey {path} does not exist yet: the first run creates "
+                             "and registers it")
+        return None
+    return crypto.load_private_key(data, source=f"accountKey {path}")
+
+
+async def _existing_account(env: OrderEnv, client: AcmeClient, key: crypto.PrivateKey
+                            ) -> str | None:
+    """Point ``client`` at the account this key already has (remembered, else looked up);
+    None (said) when it has none: commands never register one."""
+    from lematt.acme.jws import thumbprint
+
+    url = known_account(env, key) or await client.lookup_account()
+    if url is None:
+        env.reporter.failure(f"no account at {env.directory_url} for the key "
+                             f"{env.settings.account_key} (thumbprint {thumbprint(key)}); "
+                             "the next run registers one")
+        return None
+    await client.ensure_account(None, known_url=url)
+    return url
+
+
+async def show(env: OrderEnv) -> int:
     from lematt.acme.jws import thumbprint
 
     out = env.reporter
     with env.store.lock():
         await resolve_rollover(env)
+        key = _account_key(env)
+        if key is None:
+            return 1
         path = env.settings.account_key
-        data = read_bytes(path)
-        if data is None:
-            raise ConfigError(f"accountKey {path} does not exist yet: the first run creates "
-                              "and registers it", path=env.settings.source)
-        key = crypto.load_private_key(data, source=f"accountKey {path}")
         async with open_client(env, key) as client:
-            url = known_account(env, key) or await client.lookup_account()
+            url = await _existing_account(env, client, key)
             if url is None:
-                out.change(f"no account at {env.directory_url} for the key {path} "
-                           f"(thumbprint {thumbprint(key)}); the next run registers one")
                 return 1
-            await client.ensure_account(None, known_url=url)
             account = await client.account()
         out.change(f"CA: {env.directory_url}")
         out.change(f"account: {url}")
@@ -84,11 +108,15 @@ async def show(env: OrderEnv) -> int:
 async def update_contact(env: OrderEnv, emails: Sequence[str]) -> int:
     with env.store.lock():
         await resolve_rollover(env)
-        key = load_or_create_account_key(env.settings.account_key, env.reporter.change)
+        key = _account_key(env)
+        if key is None:
+            return 1
         async with open_client(env, key) as client:
-            await use_account(env, client, key)
+            url = await _existing_account(env, client, key)
+            if url is None:
+                return 1
             account = await client.update_contact([f"mailto:{e}" for e in emails])
-        env.reporter.change(f"the contact of {client.kid} is now "
+        env.reporter.change(f"the contact of {url} is now "
                             f"{', '.join(account.contact) or '(none)'}")
     return 0
 
@@ -96,7 +124,9 @@ async def update_contact(env: OrderEnv, emails: Sequence[str]) -> int:
 async def rollover(env: OrderEnv) -> int:
     with env.store.lock():
         await resolve_rollover(env)
-        key = load_or_create_account_key(env.settings.account_key, env.reporter.change)
+        key = _account_key(env)
+        if key is None:
+            return 1
         url, new_print, others = await roll_over(env, key)
         env.reporter.change(f"rolled the account {url} over to a new key (EC P-256, "
                             f"thumbprint {new_print}); {env.settings.account_key} holds it")
@@ -110,14 +140,13 @@ async def rollover(env: OrderEnv) -> int:
 async def deactivate(env: OrderEnv) -> int:
     with env.store.lock():
         await resolve_rollover(env)
-        key = load_or_create_account_key(env.settings.account_key, env.reporter.change)
+        key = _account_key(env)
+        if key is None:
+            return 1
         async with open_client(env, key) as client:
-            url = known_account(env, key) or await client.lookup_account()
+            url = await _existing_account(env, client, key)
             if url is None:
-                env.reporter.change(f"no account at {env.directory_url} for this key; "
-                                    "nothing to deactivate")
                 return 1
-            await client.ensure_account(None, known_url=url)
             account = await client.deactivate()
         AccountBook(env.settings.account_key).forget(env.directory_url)
         env.reporter.change(f"the account {url} is {account.status}; the CA refuses its key "
@@ -152,11 +181,12 @@ async def revoke(env: OrderEnv, names: Sequence[str], reason: str,
                 cert_name = store.layout.pair_names(line, key_type)[1]
                 info = crypto.read_certificate(pem, source=cert_path)
                 todo.append((label, cert_name, pem, info))
-        if not todo:
-            return status
-        key = load_or_create_account_key(env.settings.account_key, env.reporter.change)
+        key = _account_key(env) if todo else None
+        if key is None:
+            return 1
         async with open_client(env, key) as client:
-            await use_account(env, client, key)
+            if await _existing_account(env, client, key) is None:
+                return 1
             for label, cert_name, pem, info in todo:
                 before = book.state(cert_name, info.cert_id)
                 # Marked first: a crash after the CA revoked it still renews it.

@@ -17,7 +17,8 @@ Contract: ``await refresh(env, found, names, book, default, now, index)`` brings
   4.3); after a failure after 1 hour (network, timeout, 5xx) or 6 hours (anything else),
   keeping the earlier window meanwhile. Every ``explanationURL`` is reported once per run.
 * A CA that cannot be reached, or has no renewalInfo, changes nothing: planning falls back
-  (kept windows, else a third of the lifetime). Only ``ConfigError`` is raised.
+  (kept windows, else a third of the lifetime); kept facts stay in use and its directory is
+  tried again after ``RETRY_DIRECTORY``. Only ``ConfigError`` is raised.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from lematt.orders.context import OrderEnv
 from lematt.store.renewal import CaFacts, RenewalBook, complete
 
 CA_RECHECK_SECONDS = 86400.0
+RETRY_DIRECTORY = 3600.0
 CONCURRENCY = 50
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 60.0, 86400.0  # RFC 9773 section 4.3's example limits
 RETRY_WITHOUT_HEADER = 6 * 3600.0
@@ -139,6 +141,15 @@ async def refresh(env: OrderEnv, found: Mapping[tuple[int, KeyType], Found],
     except LemattError as exc:
         env.reporter.info(f"the CA's renewal information was not refreshed ({exc}); "
                           "renewal timing uses what was kept, else the fallback rule")
+        # What was kept stays in use, and the CA is tried again in an hour, not at every
+        # cron run: a CA that does not answer would cost each run its timeout.
+        if facts is not None and not fresh:
+            book.set_ca(facts._replace(checked=now_ts - CA_RECHECK_SECONDS
+                                       + RETRY_DIRECTORY))
+        for name, state, kept in todo if fresh else ():
+            assert state.cert is not None
+            book.put(name, (kept or CertState(state.cert.cert_id))._replace(
+                next_check=now_ts + RETRY_TEMPORARY_ERROR))
     facts = book.ca(url)
     if facts is not None:
         check_profiles(env, facts)

@@ -381,3 +381,27 @@ def test_external_account_binding_and_account_reuse(
         assert "renewed eab.a2c.test (EC)" in again.stdout
         assert json.loads((tmp_path / "account.key.accounts.json").read_text())[
             "accounts"][eab_a2c.directory_url]["url"] == url
+
+
+def test_a_ca_that_does_not_answer_is_asked_again_an_hour_later(
+        tmp_path: Path, pebble: PebbleRig, ari: tuple[A2cRig, CaFront], counted: CaFront,
+        run_lematt: RunLematt) -> None:
+    """A CA that is down must not cost every cron run a request (or its timeout): the
+    certificates it was to be asked about wait an hour, judged by what was kept."""
+    _, front = ari
+    conf = conf_for(tmp_path, front, 47, "down.ari.test\n")
+
+    def down(front: CaFront, request: Request) -> Reply | None:
+        return Reply(503, {"Retry-After": "3600"})
+
+    with names_at(pebble, port80_address(47), ["down.ari.test"]):
+        assert run_lematt("--test", "--config", conf).returncode == 0
+    counted.rules.append(down)
+    counted.requests.clear()
+    first = run_lematt("--test", "--cron", "--config", conf)
+    assert (first.returncode, first.stdout, first.stderr) == (0, "", "")
+    assert len(front.requests) == 1  # the directory, refused
+    counted.requests.clear()
+    second = run_lematt("--test", "--cron", "--config", conf)
+    assert (second.returncode, second.stdout, second.stderr) == (0, "", "")
+    assert front.requests == []

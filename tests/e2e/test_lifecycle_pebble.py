@@ -264,9 +264,12 @@ def test_a_revocation_the_ca_refuses_leaves_the_pair_alone(
         tmp_path: Path, life: PebbleRig, eab: PebbleRig, run_lematt: RunLematt) -> None:
     conf = conf_for(tmp_path, life, "refuse.life.test\n")
     assert run_lematt("--test", "--config", conf).returncode == 0
-    # The same tree pointed at a CA that did not issue the certificate (and the account
-    # key is registered there with EAB): that CA refuses to revoke it.
-    other = conf_for(tmp_path, eab, "refuse.life.test\n", eabKid="kid-1", eabHmacKey=HMAC)
+    # The same tree and key pointed at a CA that did not issue the certificate (a run there
+    # registers the key, with EAB, and orders only the new line): it refuses to revoke it.
+    other = conf_for(tmp_path, eab, "refuse.life.test\nother.life.test\n", eabKid="kid-1",
+                     eabHmacKey=HMAC)
+    there = run_lematt("--test", "--config", other)
+    assert there.returncode == 0 and there.stdout.count("renewed") == 1, there.stderr
     refused = run_lematt("revoke", "refuse.life.test", "--test", "--config", other)
     assert refused.returncode == 1
     assert "FAILED: refuse.life.test (EC): revoking the certificate" in refused.stderr
@@ -361,8 +364,10 @@ def _thumbprint(conf: Path) -> str:
 def test_account_show_update_contact_rollover_and_deactivate(
         tmp_path: Path, life: PebbleRig, run_lematt: RunLematt) -> None:
     conf = conf_for(tmp_path, life, "acct.life.test\n", contactEmail="one@example.com")
-    none_yet = run_lematt("account", "show", "--test", "--config", conf)
-    assert none_yet.returncode == 2 and "does not exist yet" in none_yet.stderr
+    # No key yet: said, and nothing created (no command registers an account).
+    none_yet = run_lematt("account", "update-contact", "--test", "--config", conf)
+    assert none_yet.returncode == 1 and "does not exist yet" in none_yet.stderr
+    assert not (tmp_path / "account.key").exists()
     assert run_lematt("--test", "--config", conf).returncode == 0
     url = _book(conf)[life.directory_url]["url"]
 
