@@ -192,7 +192,7 @@ class RenewalBook:
 
     def __init__(self, tree_root: Path) -> None:
         self.path = tree_root / STATE_NAME
-        self._body = ""  # the rows, not yet split
+        self._data, self._rows_at = b"", 0  # the file, and where its rows start
         self._rows: dict[str, str] | None = None  # name -> the rest of its row
         self._decoded: dict[str, CertState] = {}
         self._cas: dict[str, CaFacts] = {}
@@ -206,20 +206,24 @@ class RenewalBook:
         except OSError:
             self._changed = True  # unreadable: rebuilt by this run
             return
-        try:
-            text = data.decode() if len(data) <= MAX_STATE_BYTES else ""
-        except UnicodeDecodeError:
-            text = ""
-        head, _, body = text.partition("\n")
-        if head != _HEADER:
+        head = f"{_HEADER}\n".encode()
+        if len(data) > MAX_STATE_BYTES or not data.startswith(head):
             self._changed = bool(data)
             return
-        # The marked lines come first (``save``): read them, leave the rows for later.
-        while body.startswith("@"):
-            line, _, body = body.partition("\n")
+        # The marked lines come first (``save``): read them; the rows are decoded and split
+        # only if asked for (a copy of megabytes per run is what the shortcut avoids).
+        pos = len(head)
+        while data.startswith(b"@", pos):
+            end = data.find(b"\n", pos)
+            end = len(data) if end < 0 else end
+            try:
+                line = data[pos:end].decode()
+            except UnicodeDecodeError:
+                line = ""
             mark, _, value = line.partition("\t")
             self._meta(mark, value)
-        self._body = body
+            pos = end + 1
+        self._data, self._rows_at = data, pos
 
     def _meta(self, mark: str, text: str) -> None:
         try:
@@ -237,11 +241,12 @@ class RenewalBook:
     def rows(self) -> dict[str, str]:
         if self._rows is None:
             rows: dict[str, str] = {}
-            for row in self._body.splitlines():
+            text = self._data[self._rows_at:].decode(errors="replace")
+            for row in text.splitlines():
                 name, _, rest = row.partition("\t")
-                if rest and not name.startswith("@"):
+                if rest and not name.startswith("@") and "\ufffd" not in row:
                     rows[name] = rest
-            self._rows, self._body = rows, ""
+            self._rows, self._data = rows, b""
             if self._summary is not None and self._summary.rows != len(rows):
                 self._summary = None  # not written with these rows: trust the rows
         return self._rows
