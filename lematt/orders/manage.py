@@ -25,7 +25,7 @@ exit 2, nothing was asked of the CA).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from lematt.errors import AcmeProblem, ConfigError
@@ -39,6 +39,7 @@ from lematt.store.renewal import RenewalBook
 if TYPE_CHECKING:
     from lematt import crypto
     from lematt.acme.client import AcmeClient
+    from lematt.acme.messages import Account
 
 ALREADY_REVOKED = "urn:ietf:params:acme:error:alreadyRevoked"
 
@@ -105,19 +106,29 @@ async def show(env: OrderEnv) -> int:
     return 0
 
 
-async def update_contact(env: OrderEnv, emails: Sequence[str]) -> int:
+async def _on_the_account(env: OrderEnv, act: Callable[[AcmeClient], Awaitable[Account]]
+                          ) -> tuple[str, Account] | None:
+    """Under the conf-dir lock, once an interrupted rollover is settled: ``act`` on the
+    account the key already has; None (said) when there is no key or no account."""
     with env.store.lock():
         await resolve_rollover(env)
         key = _account_key(env)
         if key is None:
-            return 1
+            return None
         async with open_client(env, key) as client:
             url = await _existing_account(env, client, key)
             if url is None:
-                return 1
-            account = await client.update_contact([f"mailto:{e}" for e in emails])
-        env.reporter.change(f"the contact of {url} is now "
-                            f"{', '.join(account.contact) or '(none)'}")
+                return None
+            return url, await act(client)
+
+
+async def update_contact(env: OrderEnv, emails: Sequence[str]) -> int:
+    done = await _on_the_account(
+        env, lambda client: client.update_contact([f"mailto:{e}" for e in emails]))
+    if done is None:
+        return 1
+    url, account = done
+    env.reporter.change(f"the contact of {url} is now {', '.join(account.contact) or '(none)'}")
     return 0
 
 
@@ -138,19 +149,17 @@ async def rollover(env: OrderEnv) -> int:
 
 
 async def deactivate(env: OrderEnv) -> int:
-    with env.store.lock():
-        await resolve_rollover(env)
-        key = _account_key(env)
-        if key is None:
-            return 1
-        async with open_client(env, key) as client:
-            url = await _existing_account(env, client, key)
-            if url is None:
-                return 1
-            account = await client.deactivate()
+    async def act(client: AcmeClient) -> Account:
+        account = await client.deactivate()
         AccountBook(env.settings.account_key).forget(env.directory_url)
-        env.reporter.change(f"the account {url} is {account.status}; the CA refuses its key "
-                            f"from now on: give accountKey a new file before the next run")
+        return account
+
+    done = await _on_the_account(env, act)
+    if done is None:
+        return 1
+    url, account = done
+    env.reporter.change(f"the account {url} is {account.status}; the CA refuses its key "
+                        f"from now on: give accountKey a new file before the next run")
     return 0
 
 
