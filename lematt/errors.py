@@ -76,6 +76,8 @@ class AcmeProblem(LemattError):
     subproblems: tuple[AcmeProblem, ...] = field(default_factory=tuple)
     identifier: str | None = None
     context: str = ""
+    # Seconds the CA's Retry-After asked for (RFC 8555 section 6.6), when it sent one.
+    retry_after: float | None = None
 
     def __post_init__(self) -> None:
         # Every field may hold the CA's text (the context names CA URLs): escape it here,
@@ -107,6 +109,8 @@ class AcmeError(LemattError):
     """Talking to the CA failed without a problem document (a reply lematt cannot use).
 
     The message often quotes the CA (a URL, a field, a body): it is made ``printable``."""
+
+    retry_after: float | None = None  # the reply's Retry-After in seconds, when it had one
 
     def __init__(self, message: str = "") -> None:
         super().__init__(printable(str(message)))

@@ -173,11 +173,13 @@ _VALIDATION_PROBLEMS = frozenset(f"{_PROBLEM_PREFIX}{t}" for t in (
 @dataclass(frozen=True)
 class Failure:
     """Why a job or step failed: ``message`` is the sentence shown to the user; ``problem``
-    the CA's problem type (a URN) when the CA sent one."""
+    the CA's problem type (a URN) when the CA sent one; ``retry_after`` the seconds its
+    Retry-After asked for, when it sent one (the back-off waits at least that long)."""
 
     kind: FailureKind
     message: str
     problem: str | None = None
+    retry_after: float | None = None
 
     def __str__(self) -> str:
         return self.message
@@ -206,10 +208,15 @@ class Failure:
             kind = FailureKind.CA
         else:
             return cls(FailureKind.INTERNAL, f"internal error: {error!r}")
-        return cls(kind, str(error), problem)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is None:
+            retry_after = getattr(cause, "retry_after", None)
+        return cls(kind, str(error), problem,
+                   float(retry_after) if isinstance(retry_after, int | float) else None)
 
     def to_json(self) -> dict[str, Any]:
-        return {"kind": str(self.kind), "message": self.message, "problem": self.problem}
+        return {"kind": str(self.kind), "message": self.message, "problem": self.problem,
+                "retry_after": self.retry_after}
 
     @classmethod
     def from_json(cls, data: Any) -> Failure:
@@ -218,8 +225,11 @@ class Failure:
         except ValueError:
             kind = FailureKind.INTERNAL
         problem = data.get("problem")
+        retry_after = data.get("retry_after")
         return cls(kind, str(data.get("message", "")),
-                   problem if isinstance(problem, str) else None)
+                   problem if isinstance(problem, str) else None,
+                   float(retry_after) if isinstance(retry_after, int | float)
+                   and not isinstance(retry_after, bool) else None)
 
 
 @dataclass

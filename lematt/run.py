@@ -30,6 +30,8 @@ from lematt.config import Config
 from lematt.deploy.deployer import Deployer, Pending
 from lematt.errors import StoreError
 from lematt.model import CertState, Job, KeyType, Outcome, RunResult
+from lematt.monitor.metrics import watch_run
+from lematt.monitor.retries import settle
 from lematt.orders import order_all
 from lematt.orders.account import check_before_ordering
 from lematt.orders.context import OrderEnv
@@ -37,6 +39,7 @@ from lematt.orders.renewal_info import refresh
 from lematt.plan import plan, timing_warnings
 from lematt.report import Reporter
 from lematt.store.atomic import write_atomic
+from lematt.store.backoff import BackoffBook, hold_back
 from lematt.store.inventory import scan
 from lematt.store.layout import PUBLIC_MODE
 from lematt.store.renewal import RenewalBook, index_identity, states_for
@@ -52,6 +55,8 @@ class Options:
     # Seconds from the start of the run after which unfinished orders fail with a timeout
     # (``--deadline`` / ``runTimeout``); None: each order has only its own orderTimeout.
     deadline: float | None = None
+    # Order due certificates even while they are in back-off after failed orders.
+    force: bool = False
 
 
 def _needs_ssh(config: Config, jobs: list[Job], pending: Pending) -> bool:
@@ -74,7 +79,8 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
     deadline = None if options.deadline is None else anyio.current_time() + options.deadline
     store = Store(settings, test=options.test)
     result = RunResult()
-    with store.lock() as lock_fd:
+    with store.lock() as lock_fd, \
+            watch_run(config, store, result, reporter, options.now) as seen:
         for message in store.ensure_dirs():
             reporter.change(message)
         for message in store.recover():
@@ -83,18 +89,28 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
         names: dict[tuple[int, KeyType], str] = {}  # each certificate's file name
         found = await anyio.to_thread.run_sync(scan, store, config.lines, settings.key_types,
                                                names)
+        seen.found, seen.names = found, names
         env = OrderEnv(config, store, reporter, options.test, options.parallel,
                        options.processes, lock_fd)
         # What the CA offers and its renewal windows (RFC 9773): asked only when what was
         # kept is stale, so a cron run with fresh renewal info sends nothing.
-        book = RenewalBook(store.root)
+        book = seen.renewal = RenewalBook(store.root)
         profiles = {line.profile or "" for line in config.lines}
         index = index_identity(store.root)
         states, default = states_for(book, names, found, now.timestamp(), profiles, index)
         if await refresh(env, found, names, book, default, now, index):
             states, default = states_for(book, names, found, now.timestamp(), profiles,
                                          index)
-        jobs = plan(settings, config.lines, found, now, states, default)
+        due = plan(settings, config.lines, found, now, states, default)
+        # Certificates whose last orders failed wait out their back-off (store.backoff).
+        backoff = seen.backoff = BackoffBook.load(store.root)
+        if backoff.warning:
+            reporter.warn(backoff.warning)
+        jobs, held = hold_back(due, backoff, names, now.timestamp(),
+                               ignore_backoff=options.force)
+        seen.held = len(held)
+        for job, entry in held:
+            reporter.info(f"{job.label}: {entry.describe()}")
         # Config warnings (must-staple, ignored files) are news only when something is due,
         # or when a person is watching: a cron run with nothing due stays silent.
         if jobs or not reporter.cron:
@@ -103,7 +119,9 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
                 reporter.warn(warning)
         pending = store.pending.load()
         if not jobs and not pending:
-            reporter.info(f"all {len(found)} certificates are current; nothing to do")
+            _settle_backoff(reporter, backoff, due, [], names, now)
+            if not held:
+                reporter.info(f"all {len(found)} certificates are current; nothing to do")
             return result
         for job in jobs:
             reporter.info(f"due: {job.label}: {job.reason}")
@@ -122,6 +140,9 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
             if jobs:
                 result.outcomes = await order_all(env, jobs, pool, deadline=deadline)
                 _keep_issued(env, book, names, result.outcomes)
+            # Counted from when the orders ended, not from when the run began.
+            _settle_backoff(reporter, backoff, due, result.outcomes, names,
+                            options.now or datetime.now(UTC))
             renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
             renewed = [line for line in config.lines if line.lineno in renewed_numbers]
             if renewed or pending:
@@ -150,6 +171,14 @@ def _keep_issued(env: OrderEnv, book: RenewalBook, names: dict[tuple[int, KeyTyp
             book.save(set(names.values()))
         except StoreError as exc:
             env.reporter.warn(f"{exc}; profiles of the new certificates are not recorded")
+
+
+def _settle_backoff(reporter: Reporter, backoff: BackoffBook, due: list[Job],
+                    outcomes: list[Outcome], names: dict[tuple[int, KeyType], str],
+                    now: datetime) -> None:
+    warning = settle(backoff, due, outcomes, names, now.timestamp())
+    if warning:
+        reporter.warn(warning)
 
 
 def write_summary(path: Path, summary: dict[str, Any]) -> None:

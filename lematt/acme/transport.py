@@ -224,12 +224,17 @@ class Transport:
         await anyio.sleep(wait)
 
     def _error(self, reply: Reply, problem: AcmeProblem | None, what: str) -> Exception:
+        # The Retry-After travels with the error: the certificate's persistent back-off
+        # (lematt.store.backoff) waits at least that long before ordering it again.
+        retry_after = reply.retry_after()
         if problem is not None:
-            return dataclasses.replace(problem, context=what)
-        return AcmeError(
+            return dataclasses.replace(problem, context=what, retry_after=retry_after)
+        error = AcmeError(
             f"{what}: the CA at {reply.url} answered HTTP {reply.status} without a problem "
             f"document: {reply.body[:200]!r}"
         )
+        error.retry_after = retry_after
+        return error
 
     def _problem(self, reply: Reply) -> AcmeProblem | None:
         # RFC 8555 section 6.7: errors come as application/problem+json.

@@ -69,6 +69,7 @@ KNOWN_KEYS = (
     "eabHmacKeyFile",
     "agreeTermsOfService",
     "preferredChain",
+    "metricsFile",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -133,7 +134,13 @@ def parse_settings(path: Path, text: str, conf_dir: Path) -> tuple[Settings, lis
         if key is None:
             raise unknown_key(path, entry.line, entry.key, KNOWN_KEYS)
         values[key] = (entry.value, entry.line)
-    return _build(path, conf_dir, values), warnings
+    settings = _build(path, conf_dir, values)
+    if settings.metrics_file is not None and settings.metrics_file.suffix != ".prom":
+        # node_exporter's textfile collector reads only *.prom files.
+        warnings.append(f"{settings.where('metricsFile')}: metricsFile "
+                        f"{settings.metrics_file.name} does not end in .prom; node_exporter's "
+                        "textfile collector reads only *.prom files")
+    return settings, warnings
 
 
 def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) -> Settings:
@@ -197,6 +204,7 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "eabHmacKeyFile": ("eab_hmac_key", lambda v: _hmac_key_file(as_path(v))),
         "agreeTermsOfService": ("agree_terms_of_service", to_bool),
         "preferredChain": ("preferred_chain", _printable),
+        "metricsFile": ("metrics_file", lambda v: _metrics_file(as_path(v))),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)
@@ -332,6 +340,19 @@ def _path(value: object, conf_dir: Path) -> Path:
         raise ValueError(f"{text!r} contains a NUL character, which no path can hold")
     path = Path(os.path.expanduser(text))
     return path if path.is_absolute() else conf_dir / path
+
+
+def _metrics_file(path: Path) -> Path:
+    """``metricsFile``: a file in an existing, writable directory (checked when the config is
+    loaded, so a typo is exit 2 before the run, not a lost file after it)."""
+    if path.is_dir():
+        raise ValueError(f"{str(path)!r} is a directory; name a file such as lematt.prom in it")
+    if not path.parent.is_dir():
+        raise ValueError(f"directory {str(path.parent)!r} does not exist; create it (for "
+                         "node_exporter: its --collector.textfile.directory)")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"directory {str(path.parent)!r} is not writable by this user")
+    return path
 
 
 def _readable_file(path: Path) -> Path:

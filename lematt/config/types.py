@@ -69,6 +69,8 @@ class Settings:
     agree_terms_of_service: bool = True
     # Prefer the chain whose top certificate was issued by this CN (Link rel="alternate").
     preferred_chain: str | None = None
+    # A Prometheus textfile written at the end of every run (lematt.monitor.metrics).
+    metrics_file: Path | None = None
     # Where each key was written (file and line), for messages that name the setting.
     source: Path | None = field(default=None, compare=False)
     key_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)

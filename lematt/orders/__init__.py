@@ -28,6 +28,11 @@ from lematt.orders.context import OrderEnv
 if TYPE_CHECKING:
     from lematt.execution.ssh import SshPool
 
+# The failure of a job the run's deadline cut short: the run ran out of time, the
+# certificate did not fail (it gets no back-off, lematt.monitor.retries).
+UNFINISHED = ("not finished when the run's deadline passed (runTimeout in lematt.conf, or "
+              "--deadline); the next run tries again")
+
 
 def order_processes(env: OrderEnv, jobs: list[Job]) -> int:
     """How many order processes the run uses: ``--processes``, but one for lines with
@@ -79,7 +84,5 @@ async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
         finished = {(o.job.line.lineno, o.job.key_type) for o in outcomes}
         for job in jobs:
             if (job.line.lineno, job.key_type) not in finished:
-                record(Outcome(job, failure=Failure(
-                    FailureKind.TIMEOUT, "not finished when the run's deadline passed "
-                    "(runTimeout in lematt.conf, or --deadline); the next run tries again")))
+                record(Outcome(job, failure=Failure(FailureKind.TIMEOUT, UNFINISHED)))
     return outcomes

@@ -54,5 +54,5 @@ def test_usage_errors_exit_2(argv: tuple[str, ...], capsys: pytest.CaptureFixtur
 
 
 def test_every_command_has_a_parser_and_a_handler() -> None:
-    assert set(COMMANDS) == {"account", "revoke"}
+    assert set(COMMANDS) == {"account", "revoke", "status"}
     assert all(callable(b) and callable(h) for b, h in COMMANDS.values())

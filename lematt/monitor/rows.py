@@ -1,0 +1,143 @@
+"""One row per certificate (domains line x key type): what ``lematt status`` shows and what
+``metricsFile`` exports, computed once, here.
+
+Contract: ``certificate_rows(settings, lines, found, names, renewal, backoff, owed, now)``
+returns a ``Row`` per certificate in domains order (key types in ``keyTypes`` order) from
+what the local tree holds: the inventory scan (``found``, ``names``), the kept renewal
+state (``store.renewal.RenewalBook``: the CA's renewal window, profile, revocation), the
+back-off book and the owed deploys (``monitor.owed``). Pure: no I/O.
+
+``next_renewal`` says when the next run will renew a certificate and by which rule. It
+follows ``lematt.plan`` exactly: when ``plan.due_reason`` says the certificate is due, it
+is due now for that reason; otherwise the moment the first rule that will apply takes
+effect (README "Renewal timing"): the end of the CA's window (rule 2) when that comes
+first, else ``generateNewCertsAfterDays`` (rule 3), ``reauthorizeDays`` (rule 4), the
+moment picked in the CA's renewal window (rule 5), or a third (half) of the lifetime left
+(rule 6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+from lematt.config import Settings
+from lematt.model import CertLine, CertState, Found, KeyType, RenewalWindow
+from lematt.monitor.owed import Names
+from lematt.plan import SHORT_LIFETIME, due_reason
+from lematt.store.backoff import Backoff, BackoffBook
+from lematt.store.renewal import RenewalBook
+
+_SHORT_SECONDS = SHORT_LIFETIME.total_seconds()
+
+Key = tuple[int, KeyType]
+
+
+class Row(NamedTuple):
+    """One certificate; times in seconds since the epoch."""
+
+    line: CertLine
+    key_type: KeyType
+    cert_name: str  # its file name in cert/ (the key of the kept state and back-off)
+    not_after: float | None  # None: no readable certificate
+    not_before: float | None
+    due: bool  # the next run orders it (unless it is in back-off)
+    renew_at: float  # when it becomes due (now, if it is due)
+    why: str  # the reason it is due, or the rule that will make it due
+    profile: str | None  # the profile the line orders with (None: the CA's default)
+    problem: str | None  # what is wrong with the stored pair (missing, unreadable, ...)
+    backoff: Backoff | None  # its last orders failed: how often, why, and until when
+    owed: tuple[str, ...]  # hosts its line's deploy still has to reach
+    window: RenewalWindow | None  # the CA's renewal window (ARI) that planning trusts
+
+    @property
+    def label(self) -> str:
+        return f"{self.line.primary} ({self.key_type.upper()})"
+
+    def days_left(self, now: float) -> float | None:
+        return None if self.not_after is None else (self.not_after - now) / 86400
+
+
+def next_renewal(settings: Settings, line: CertLine, found: Found, now: datetime,
+                 state: CertState | None, now_ts: float,
+                 span: tuple[float, float] | None = None) -> tuple[bool, float, str]:
+    """(due now, when it is or becomes due, why); see the module docstring. ``span``: the
+    certificate's (notBefore, notAfter) as timestamps, when the caller has them."""
+    reason = due_reason(settings, line, found, now, state, now_ts)
+    if reason is not None:
+        return True, now_ts, reason
+    cert = found.cert
+    assert cert is not None  # due_reason says "missing" otherwise
+    not_before, not_after = span or (cert.not_before.timestamp(), cert.not_after.timestamp())
+    lifetime = not_after - not_before
+    window = state.window if state is not None else None
+    # plan.due_reason does not trust a window whose moment lies past the certificate's life.
+    if window is not None and window.chosen - now_ts >= not_after - now_ts:
+        window = None
+    after = settings.generate_new_certs_after_days
+    at: float
+    if after and after * 86400 < lifetime:
+        at, why = not_before + after * 86400, f"generateNewCertsAfterDays {after:g}"
+    elif not after and settings.reauthorize_days is not None:
+        at, why = not_after - settings.reauthorize_days * 86400, \
+            f"reauthorizeDays {settings.reauthorize_days:g}"
+    elif not after and window is not None:
+        # The window's dates are in the row (Row.window): formatting them here for 20,000
+        # certificates would cost more than the rest of the row.
+        url = f"; the CA explains: {window.explanation_url}" if window.explanation_url else ""
+        return False, window.chosen, f"the CA's renewal window (ARI){url}"
+    elif lifetime < _SHORT_SECONDS:
+        at, why = not_after - lifetime / 2, "half of its lifetime left"
+    else:
+        at, why = not_after - lifetime / 3, "a third of its lifetime left"
+    if window is not None and window.end < at:
+        return False, window.end, "the end of the CA's renewal window (ARI)"
+    return False, at, why
+
+
+def _trusted(window: RenewalWindow | None, now: float,
+             span: tuple[float, float] | None) -> RenewalWindow | None:
+    """The window, unless planning ignores it (its moment lies past the certificate's
+    life, see next_renewal)."""
+    if window is None or span is None or window.chosen - now >= span[1] - now:
+        return None
+    return window
+
+
+def certificate_rows(settings: Settings, lines: tuple[CertLine, ...],
+                     found: Mapping[Key, Found], names: Mapping[Key, str],
+                     renewal: RenewalBook | None, backoff: BackoffBook | None,
+                     owed: Mapping[Names, tuple[str, ...]], now: float) -> list[Row]:
+    """A row per certificate; see the module docstring. (Written as one tight loop: status
+    runs it for 20,000 certificates and must stay as quick as a no-op cron run.)"""
+    now_dt = datetime.fromtimestamp(now, UTC)
+    rows: list[Row] = []
+    append = rows.append
+    entries = backoff.entries if backoff is not None else {}
+    kept_rows = renewal is not None and len(renewal) > 0
+    key_types = settings.key_types
+    for line in lines:
+        line_owed = owed.get(line.names, ()) if owed else ()
+        profile = line.profile
+        for key_type in key_types:
+            key = (line.lineno, key_type)
+            state = found[key]
+            name = names[key]
+            entry = entries.get(name) if entries else None
+            cert = state.cert
+            if cert is None:
+                problem = state.problem or "missing"
+                append(Row(line, key_type, name, None, None, True, now, problem, profile,
+                           problem, entry, line_owed, None))
+                continue
+            span = (cert.not_before.timestamp(), cert.not_after.timestamp())
+            kept = None
+            if kept_rows and cert.cert_id:
+                assert renewal is not None
+                kept = renewal.state(name, cert.cert_id)
+            due, at, why = next_renewal(settings, line, state, now_dt, kept, now, span)
+            append(Row(line, key_type, name, span[1], span[0], due, at, why, profile,
+                       state.problem, entry, line_owed,
+                       _trusted(kept.window if kept is not None else None, now, span)))
+    return rows
