@@ -1,0 +1,117 @@
+"""lematt.monitor: the per-certificate rows (next renewal agrees with planning), status
+flags and exit status, the metricsFile setting (no network, no processes)."""
+
+from __future__ import annotations
+
+import io
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from lematt.config import Settings, load
+from lematt.errors import ConfigError
+from lematt.model import CertInfo, CertLine, CertState, Found, RenewalWindow
+from lematt.monitor.rows import certificate_rows, next_renewal
+from lematt.monitor.status import flags
+from lematt.plan import due_reason
+from lematt.store.backoff import Backoff
+
+NOW = datetime(2026, 6, 1, tzinfo=UTC)
+TS = NOW.timestamp()
+LINE = CertLine(1, ("a.example.com", "www.a.example.com"))
+
+
+def settings(**kw: object) -> Settings:
+    return Settings(conf_dir=Path("c"), account_key=Path("a"), **kw)  # type: ignore[arg-type]
+
+
+def found(age_days: float, lifetime_days: float = 90) -> Found:
+    start = NOW - timedelta(days=age_days)
+    return Found(CertInfo(start, start + timedelta(days=lifetime_days), frozenset(LINE.names),
+                          cert_id="x.AQ"), key_present=True)
+
+
+@pytest.mark.parametrize("kw", [{}, {"reauthorize_days": 20},
+                                {"generate_new_certs_after_days": 45},
+                                {"generate_new_certs_after_days": 200}])
+@pytest.mark.parametrize("window", [None, RenewalWindow(TS + 5 * 86400, TS + 9 * 86400,
+                                                        TS + 7 * 86400)])
+def test_next_renewal_is_when_planning_makes_it_due(kw: dict[str, object],
+                                                    window: RenewalWindow | None) -> None:
+    """For ages across a lifetime: due exactly when plan.due_reason says so, and the moment
+    given while not due is the first moment at which due_reason says so."""
+    s = settings(**kw)
+    state = CertState("x.AQ", "", window) if window else None
+    for age in range(0, 95, 3):
+        f = found(age)
+        due, at, why = next_renewal(s, LINE, f, NOW, state, TS)
+        reason = due_reason(s, LINE, f, NOW, state, TS)
+        assert due == (reason is not None), (age, why)
+        if due:
+            assert at == TS and why == reason
+            continue
+        assert at > TS
+        before = datetime.fromtimestamp(at - 60, UTC)
+        after = datetime.fromtimestamp(at + 60, UTC)
+        assert due_reason(s, LINE, f, before, state, before.timestamp()) is None, (age, why)
+        assert due_reason(s, LINE, f, after, state, after.timestamp()) is not None, (age, why)
+
+
+def test_rows_flags_and_what_needs_attention() -> None:
+    s = settings(key_types=("ec",))
+    lines = (LINE, CertLine(2, ("b.example.com",)), CertLine(3, ("c.example.com",)),
+             CertLine(4, ("d.example.com",)))
+    fresh = found(1)
+    old = Found(CertInfo(NOW - timedelta(days=85), NOW + timedelta(days=5),
+                         frozenset({"c.example.com"})), key_present=True)
+    got = {(1, "ec"): fresh, (2, "ec"): Found(None, "missing"), (3, "ec"): old,
+           (4, "ec"): Found(CertInfo(NOW - timedelta(days=1), NOW + timedelta(days=89),
+                                     frozenset({"d.example.com"})), key_present=True)}
+    names = {key: f"{key[0]}.pem" for key in got}
+    backoff = {"2.pem": Backoff(2, TS - 10, TS + 110, "validation", "no answer")}
+
+    class Book:
+        entries = backoff
+
+    rows = certificate_rows(s, lines, got, names, None, Book(),  # type: ignore[arg-type]
+                            {("d.example.com",): ("web1",)}, TS)
+    assert [flags(r, TS, 14) for r in rows] == [
+        ("ok",), ("missing", "failed"), ("expiring", "due"), ("owed",)]
+    assert rows[1].due and rows[1].renew_at == TS and rows[1].backoff is backoff["2.pem"]
+    assert rows[2].why.startswith("a third of its lifetime left")
+    assert rows[0].why == "a third of its lifetime left"
+    assert fresh.cert is not None
+    assert rows[0].renew_at == pytest.approx(fresh.cert.not_after.timestamp() - 30 * 86400)
+
+
+def test_metrics_file_is_checked_when_the_config_is_loaded(tmp_path: Path) -> None:
+    base = "[config]\naccountKey: account.key\nchallengeDropDir: challenges\n"
+    (tmp_path / "domains").write_text("example.com\n")
+    conf = tmp_path / "lematt.conf"
+    conf.write_text(base + "metricsFile: missing/lematt.prom\n")
+    with pytest.raises(ConfigError, match=r"lematt.conf:4: metricsFile: directory .* does not"):
+        load(conf)
+    conf.write_text(base + "metricsFile: .\n")
+    with pytest.raises(ConfigError, match="is a directory"):
+        load(conf)
+    conf.write_text(base + "metricsFile: lematt.txt\n")
+    config = load(conf)
+    assert config.settings.metrics_file == tmp_path / "lematt.txt"
+    assert any("does not end in .prom" in w for w in config.warnings)
+    conf.write_text("accountKey: account.key\nchallengeDropDir: c\nmetricsFile: m.prom\n")
+    assert load(conf).settings.metrics_file == tmp_path / "m.prom"
+
+
+def test_status_of_a_tree_that_does_not_exist_is_one_line_and_1(tmp_path: Path) -> None:
+    from lematt.monitor.status import status
+    from lematt.store.tree import Store
+
+    (tmp_path / "domains").write_text("example.com\n")
+    conf = tmp_path / "lematt.conf"
+    conf.write_text("[config]\naccountKey: a.key\nchallengeDropDir: c\n")
+    config = load(conf)
+    out = io.StringIO()
+    assert status(config, Store(config.settings, test=True), TS, 14, False, out, "test") == 1
+    assert out.getvalue().count("\n") == 1 and "every certificate is missing" in out.getvalue()
+    assert not (tmp_path / "test").exists()
