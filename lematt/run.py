@@ -1,12 +1,13 @@
 """One run of lematt: lock -> recover -> scan -> plan -> orders -> deploy -> result.
 
-Contract: ``await run(config, options, reporter)`` takes the conf-dir lock, finishes any store
-an earlier crash interrupted, refreshes what is kept about the CA and its renewal windows
-when it is stale (``lematt.orders.renewal_info``), plans (pure, ``lematt.plan``), orders
-every due job (``lematt.orders``: at most ``options.parallel`` lines in flight, each inside
-its forwarders and prepare commands; new pairs stored atomically, and what each new
-certificate was ordered with kept beside the tree), then deploys the renewed certificates
-and every deploy an earlier run still owes (``lematt.deploy``), and returns a ``RunResult``.
+Contract: ``await run(config, options, reporter)`` refuses a conf dir or tree that other users
+can change, takes the conf-dir lock, finishes any store an earlier crash interrupted, refreshes
+what is kept about the CA and its renewal windows when it is stale
+(``lematt.orders.renewal_info``), plans (pure, ``lematt.plan``), orders every due job
+(``lematt.orders``: at most ``options.parallel`` lines in flight, each inside its forwarders
+and prepare commands; new pairs stored atomically, each with the deploy it owes, and what each
+new certificate was ordered with kept beside the tree), then runs every owed deploy - this
+run's and any earlier run's (``lematt.deploy``) - and returns a ``RunResult``.
 ``options.deadline`` bounds the orders (counted from the start of the run): past it, every
 unfinished job fails with a timeout, and what was renewed is still deployed.
 A job's or a step's failure is a value in the result; only run-wide problems (the lock, the
@@ -26,8 +27,9 @@ from typing import Any
 
 import anyio
 
+from lematt import failpoint
 from lematt.config import Config
-from lematt.deploy.deployer import Deployer, Pending
+from lematt.deploy.deployer import Deployer
 from lematt.errors import StoreError
 from lematt.model import CertState, Job, KeyType, Outcome, RunResult
 from lematt.orders import order_all
@@ -39,6 +41,7 @@ from lematt.report import Reporter
 from lematt.store.atomic import write_atomic
 from lematt.store.inventory import scan
 from lematt.store.layout import PUBLIC_MODE
+from lematt.store.pending import Owed
 from lematt.store.renewal import RenewalBook, index_identity, states_for
 from lematt.store.tree import Store
 
@@ -54,7 +57,7 @@ class Options:
     deadline: float | None = None
 
 
-def _needs_ssh(config: Config, jobs: list[Job], pending: Pending) -> bool:
+def _needs_ssh(config: Config, jobs: list[Job], pending: Owed) -> bool:
     """Whether an SSH action may run: a deploy still owed, or a due job whose config has
     SSH forms (forwarders, uploads, updates)."""
     if pending:
@@ -74,7 +77,9 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
     deadline = None if options.deadline is None else anyio.current_time() + options.deadline
     store = Store(settings, test=options.test)
     result = RunResult()
-    with store.lock() as lock_fd:
+    # A conf dir others can write could make lematt run their commands: refused first.
+    store.check_conf((config.config_path, config.domains_path, config.actions_path))
+    with store.lock() as lock_fd, contextlib.closing(store):
         for message in store.ensure_dirs():
             reporter.change(message)
         for message in store.recover():
@@ -124,8 +129,12 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
                 _keep_issued(env, book, names, result.outcomes)
             renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
             renewed = [line for line in config.lines if line.lineno in renewed_numbers]
-            if renewed or pending:
-                report = await Deployer(config, store, reporter, pool, pending).run(renewed)
+            # What is owed now: earlier runs' debts and this run's, which each commit wrote
+            # down with its pair (also in order processes).
+            owed = store.pending.load() if jobs else pending
+            failpoint.hit("run.deploy")
+            if owed:
+                report = await Deployer(config, store, reporter, pool, owed).run(renewed)
                 result.steps = report.steps
                 result.deploy_seconds = report.wall_seconds
                 result.host_seconds = report.host_seconds

@@ -72,6 +72,8 @@ class Settings:
     # Where each key was written (file and line), for messages that name the setting.
     source: Path | None = field(default=None, compare=False)
     key_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+    # Accept a conf dir and tree that their group may write (never one every user may).
+    allow_group_writable: bool = False
 
     def tag(self, key_type: KeyType) -> str:
         return self.rsa_tag if key_type == "rsa" else self.curve_tag

@@ -1,9 +1,11 @@
 """The files an upload carries: what ``CERTS`` / ``KEYS`` stand for, read from the tree.
 
 Contract: ``upload_files(layout, key_types, lines, kind, mode)`` lists, for each line and key
-type, the stored key (``uploadKeys``) or certificate (``uploadCerts``) file and the line's
+type, the stored key (``uploadKeys``) or certificate (``uploadCerts``) - a regular file on
+the host, with the upstream name, whatever the local link into ``.pairs`` - and the line's
 per-name symlinks (kept as symlinks), each with the mode it gets on the host (default: 0600
-for keys, 0644 for certificates). Files that do not exist are left out.
+for keys, 0644 for certificates) and its pair (so a key and its certificate are renamed
+into place together). Files that do not exist are left out.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ def upload_files(layout: Layout, key_types: Sequence[KeyType], lines: Sequence[C
         for key_type in key_types:
             paths = layout.paths(line, key_type)
             main = paths.key if want_keys else paths.cert
-            if main.is_file():
-                files[main.name] = UploadFile(main, main.name, mode)
+            if main.is_file():  # the pair's current file, through its link into .pairs
+                files[main.name] = UploadFile(main, main.name, mode, pair=paths.slot)
             for link, target in paths.links:
                 if link.parent == main.parent and link.is_symlink():
-                    files.setdefault(link.name, UploadFile(link, link.name, mode, target))
+                    files.setdefault(link.name, UploadFile(link, link.name, mode, target,
+                                                           pair=paths.slot))
     return tuple(files.values())

@@ -1,9 +1,13 @@
 """Running one host's deploy steps, in order.
 
-Contract: ``run_host(execute, steps)`` runs the steps of one host one after the other;
-``execute(step)`` returns a ``CommandResult`` (None for an upload) or raises ``LemattError``
-when the step could not run at all. After a failed upload the host gets no updates. Every
-failure is a value in the returned list (``HostStep``), never an exception.
+Contract: ``run_host(execute, steps, upload_together)`` runs the steps of one host one after
+the other; ``execute(step)`` returns a ``CommandResult`` (None for an upload) or raises
+``LemattError`` when the step could not run at all. The host's SFTP uploads (its
+certificates *and* keys) go to ``upload_together(steps)`` in one call, before any other
+step, so that they are staged together and renamed in one final batch: a connection that
+drops never leaves a new certificate beside an old key because the keys' upload had not
+started. After a failed upload the host gets no updates. Every failure is a value in the
+returned list (``HostStep``, in the order of ``steps``), never an exception.
 """
 
 from __future__ import annotations
@@ -33,10 +37,24 @@ class HostStep:
 
 
 async def run_host(execute: Callable[[Step], Awaitable[CommandResult | None]],
-                   steps: Sequence[Step]) -> list[HostStep]:
+                   steps: Sequence[Step],
+                   upload_together: Callable[[list[Step]], Awaitable[None]] | None = None
+                   ) -> list[HostStep]:
+    together: dict[int, HostStep] = {}
+    sftp = [s for s in steps if s.is_upload and s.remote_dir is not None]
+    if upload_together is not None and sftp:
+        failure = None
+        try:
+            await upload_together(sftp)
+        except LemattError as exc:
+            failure = Failure.of(exc)
+        together = {id(s): HostStep(s, None, failure) for s in sftp}
     outcomes: list[HostStep] = []
-    upload_failed = False
+    upload_failed = any(not h.ok for h in together.values())
     for step in steps:
+        if id(step) in together:
+            outcomes.append(together[id(step)])
+            continue
         if upload_failed and not step.is_upload:
             outcomes.append(HostStep(step, None, Failure(
                 FailureKind.DEPLOY,

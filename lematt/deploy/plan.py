@@ -8,6 +8,7 @@ Contract:
   (per section: uploadCerts, then uploadKeys; sections in order of first appearance) comes
   before any update, and each distinct update runs once, in order of first appearance.
   ``files_for(lines, kind, mode)`` lists the files an SFTP upload carries (``deploy.files``).
+- ``hosts_for(actions, line, resolve)``: the hosts ``deploy_plan`` would give steps for ``line``.
 Placeholder values are shell-quoted, except that the ``*`` of CERTS/KEYS stays outside the
 quotes so the shell expands it (the original's glob semantics).
 """
@@ -73,6 +74,17 @@ def sections_with_certs(actions: Actions, lines: Sequence[CertLine]
             by_name.setdefault(section.name, (section, []))[1].append(line)
     # [every] runs after the specific sections, whatever the order of appearance.
     return sorted(by_name.values(), key=lambda item: item[0] is actions.every)
+
+
+def hosts_for(actions: Actions, line: CertLine, resolve: Callable[[str], str]) -> list[str]:
+    """The hosts ``deploy_plan`` gives steps for ``line`` (in order of first appearance),
+    without listing any file: what an owed deploy of the line is owed to."""
+    hosts: list[str] = []
+    for section in actions.sections_for(line.names):
+        for entry in (*section.upload_certs, *section.upload_keys, *section.update):
+            ssh = entry.ssh if isinstance(entry, SshUpload | SshRun) else None
+            hosts.append(resolve(ssh) if ssh is not None else LOCAL)
+    return _unique(hosts)
 
 
 FilesFor = Callable[[Sequence[CertLine], str, "int | None"], tuple[UploadFile, ...]]

@@ -23,6 +23,7 @@ from lematt.errors import CryptoError, StoreError
 from lematt.model import CertInfo, CertLine, Found, KeyType
 from lematt.store.atomic import read_bytes, write_atomic
 from lematt.store.layout import PUBLIC_MODE
+from lematt.store.safe import DIR_FLAGS, read_file
 from lematt.store.tree import Store
 
 INDEX_NAME = ".inventory"
@@ -92,7 +93,8 @@ class Index:
         self.entries: dict[str, list[str]] = {}
         self.changed = False
         try:
-            text = self.path.read_text()
+            # lematt's own file: a symlink in its place is not followed (read_file).
+            text = (read_file(str(self.path)) or b"").decode()
             head, _, body = text.partition("\n")
             if head == f"lematt-inventory {INDEX_VERSION}":
                 for row in body.splitlines():
@@ -101,7 +103,7 @@ class Index:
                         self.entries[fields[0]] = fields
             else:
                 self.changed = True
-        except (OSError, ValueError):
+        except (StoreError, ValueError):
             self.changed = True  # missing or damaged: rebuilt by this scan
         self._dirs: dict[str, int] = {}
 
@@ -110,7 +112,7 @@ class Index:
         fd = self._dirs.get(sub)
         if fd is None:
             try:
-                fd = self._dirs[sub] = os.open(self.root / sub, os.O_RDONLY | os.O_DIRECTORY)
+                fd = self._dirs[sub] = os.open(self.root / sub, DIR_FLAGS)
             except FileNotFoundError:
                 return None
         try:

@@ -158,7 +158,8 @@ def test_unreachable_and_wrong_key_hosts_fail_alone_then_pending_deploy_is_retri
     assert marker.exists()
     assert f"127.0.0.2]:{good.port}: " not in second.stderr  # the good host was not redone
     pending = json.loads((tmp_path / "test/.deploy-pending.json").read_text())
-    assert list(pending) == [f"[127.0.0.9]:{good.port}"]
+    assert pending["owed"] == [{"names": ["iso.deploy.test"],
+                                "hosts": [f"[127.0.0.9]:{good.port}"]}]
 
     # The user drops the dead host from actions.conf: its debt is void, the run is quiet.
     del actions["default"]["uploadCerts"][2]
