@@ -12,7 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,7 @@ from typing import Any
 import pytest
 
 from lematt.testing.sshd import ClientKit
-from tests.e2e.conftest import MakeConf, RunLematt, SshdHostFactory
+from tests.e2e.conftest import REPO_ROOT, MakeConf, RunLematt, SshdHostFactory
 from tests.e2e.faults.pairs import COUNTS, check_pairs, leftovers
 
 DOMAINS = "crash.store.test\nsan.crash.store.test www\n"
@@ -123,6 +126,42 @@ def test_sigkill_at_a_store_step_leaves_matching_pairs_and_the_next_run_deploys_
     # And it stays converged: a third run has nothing to do and owes nothing.
     third = run_lematt("--test", "--cron", "--config", conf())
     assert (third.returncode, third.stdout, third.stderr) == (0, "", "")
+
+
+def test_sigterm_during_the_deploy_leaves_it_owed_and_the_next_run_carries_it_out(
+        tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt) -> None:
+    """SIGTERM (a systemd stop, a cron timeout) while the update runs: the run stops its
+    command and exits; the pairs it stored are still owed and the next run deploys them."""
+    fifo, go, log = tmp_path / "started", tmp_path / "go", tmp_path / "deployed.log"
+    os.mkfifo(fifo)
+    update = (f"if [ -e '{go}' ]; then echo deployed DOMAINS_CN >> '{log}'; "
+              f"else echo started > '{fifo}'; sleep 311; fi")
+    actions = f"[default]\nupdate: [{json.dumps(update)}]\n"
+    conf = make_conf(tmp_path, DOMAINS, actions_text=actions, extra_conf={"keyTypes": "ec"})
+    lematt = subprocess.Popen([sys.executable, "-m", "lematt", "--test", "--config", str(conf)],
+                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, start_new_session=True)
+    try:
+        # Opening the FIFO waits for the update to open it: no polling, no sleep.
+        with fifo.open() as started:
+            assert started.readline() == "started\n"
+        lematt.send_signal(signal.SIGTERM)
+        _out, err = lematt.communicate(timeout=120)
+    finally:
+        if lematt.poll() is None:
+            os.killpg(lematt.pid, signal.SIGKILL)
+            lematt.communicate(timeout=30)
+    assert lematt.returncode == 1 and "interrupted" in err, err
+    COUNTS["kills"] += 1
+    stored = check_pairs(tmp_path / "test" / "cert", tmp_path / "test" / "key")
+    assert len(stored) == 4 and not log.exists()
+    go.touch()
+    again = run_lematt("--test", "--config", conf)
+    assert again.returncode == 0, again.stderr
+    assert "renewed" not in again.stdout and "retrying the pending deploy" in again.stdout
+    assert log.read_text() == f"deployed {' '.join(CNS)}\n"
+    assert check_pairs(tmp_path / "test" / "cert", tmp_path / "test" / "key") == stored
+    assert_converged(tmp_path / "test")
 
 
 def _ssh_conf(make_conf: MakeConf, tmp_path: Path, kit: ClientKit,
