@@ -1,20 +1,25 @@
 """File names of the certificate tree, compatible with the original lematt's layout.
 
-Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only in the test tree)::
+Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only in the test
+tree; ``<key>`` is ``<stem>-key.<tag>[.test].pem`` and ``<cert>`` is
+``<stem>-cert-combined.<tag>[.test].pem``, the original lematt's names)::
 
-    <tree>/key/<stem>-key.<tag>[.test].pem             -> ../.pairs/<slot>/key.pem
-    <tree>/cert/<stem>-cert-combined.<tag>[.test].pem  -> ../.pairs/<slot>/cert.pem
-    <tree>/csr/<stem>-csr.<tag>[.test].csr             the CSR last used (PEM)
-    <tree>/{key,cert}/<name>-...                        per-name symlinks, SAN lines only
-    <tree>/.pairs/<slot>                                -> <slot>+<hex>: the pair's pointer
-    <tree>/.pairs/<slot>+<hex>/{key.pem,cert.pem}       one version of the pair (key 0600,
-                                                        certificate = leaf + chain as sent)
+    <tree>/key/<key>                      -> ../.pairs/<slot>/<key>
+    <tree>/cert/<cert>                    -> ../.pairs/<slot>/<cert>
+    <tree>/csr/<stem>-csr.<tag>[.test].csr   the CSR last used (PEM)
+    <tree>/{key,cert}/<name>-...          per-name symlinks (to <key> / <cert>), SAN lines only
+    <tree>/.pairs/<slot>                  -> <slot>+<hex>: the pair's pointer
+    <tree>/.pairs/<slot>+<hex>/<key>      one version of the pair: the key (0600) and the
+    <tree>/.pairs/<slot>+<hex>/<cert>     certificate (leaf + chain as sent), regular files
 
 ``<stem>`` is ``names.file_stem`` of the line; ``<tag>`` is rsaTag or curveTag; ``<slot>`` is
-``<stem>.<tag>``. The upstream names (the first two lines, the original lematt's names, which
-services are configured with) resolve through the pair's one pointer, so switching the
-pointer (one rename) switches key and certificate together (``lematt.store.pairs``). A tree
-written by the original or an earlier lematt has regular files there; they keep working and
+``<stem>.<tag>``. The upstream names ``key/<key>`` and ``cert/<cert>`` (the original lematt's
+names, which services are configured with) resolve through the pair's one pointer, so
+switching the pointer (one rename) switches key and certificate together
+(``lematt.store.pairs``). The files in a version directory carry the upstream names
+themselves, so whatever copies the resolved files (rsync of CERTS / KEYS in an action, SFTP
+uploads) delivers regular files with the names services expect. A tree written by the
+original or an earlier lematt has regular files at the upstream names; they keep working and
 are moved into this layout when their pair is next stored.
 
 Contract: pure naming, no I/O: ``Layout(settings, test=...)`` maps (line, key type) to paths;
@@ -35,8 +40,6 @@ PUBLIC_MODE = 0o644  # certificates, CSRs, challenge files
 PRIVATE_DIR_MODE = 0o700  # key/, .journal/, .staging/
 PUBLIC_DIR_MODE = 0o755  # the tree, cert/, csr/, .pairs/ and its version directories
 PAIRS_DIR = ".pairs"
-PAIR_KEY = "key.pem"  # the names inside a version directory
-PAIR_CERT = "cert.pem"
 VERSION_MARK = "+"  # <slot>+<hex>: '+' is in no DNS name and no tag, so never in a slot
 
 
@@ -106,6 +109,7 @@ class Layout:
         return self.root / "key"
 
 
-def main_target(slot: str, member: str) -> str:
-    """Where an upstream key (``member`` = PAIR_KEY) or certificate name points."""
-    return f"../{PAIRS_DIR}/{slot}/{member}"
+def main_target(slot: str, name: str) -> str:
+    """Where the upstream key or certificate name ``name`` points: the file of that very
+    name in the version its pair's pointer names."""
+    return f"../{PAIRS_DIR}/{slot}/{name}"

@@ -1,10 +1,10 @@
 """A pair's versions: staging a new one, and finding the key and certificate a pair shows now.
 
-A pair (one line, one key type) lives in ``.pairs/<slot>+<hex>/`` (``key.pem`` 0600,
-``cert.pem``); ``.pairs/<slot>`` is a symlink naming the live version, and the upstream names
-``key/...-key...pem`` and ``cert/...-cert-combined...pem`` are symlinks through it (see
-``lematt.store.layout``). Switching the pointer is one rename, so the upstream names show the
-old pair or the new one, never a mix.
+A pair (one line, one key type) lives in ``.pairs/<slot>+<hex>/`` (the key, 0600, and the
+certificate, each under its upstream name); ``.pairs/<slot>`` is a symlink naming the live
+version, and the upstream names ``key/...-key...pem`` and ``cert/...-cert-combined...pem`` are
+symlinks through it to the file of the same name (see ``lematt.store.layout``). Switching the
+pointer is one rename, so the upstream names show the old pair or the new one, never a mix.
 
 Contract:
 - ``stage(dirs, paths, pair, token, steps)`` writes the pair's new version directory and its
@@ -15,10 +15,13 @@ Contract:
   hard links of exactly the files they show now, so that the move into the versioned layout
   changes nothing a reader sees before the switch. ``StoreError`` on failure, with nothing
   of this pair left in staging.
-- ``current(dirs, paths, member)`` is where a pair's live key (``PAIR_KEY``) or certificate is:
-  an upstream regular file, or the member of the version its pointer names. A symlink there
-  that is not the pair's own link (another line's per-name link, anything else) is neither
-  followed nor used: the pair counts as having no such file. ``read_current`` reads it.
+- ``current(dirs, paths, kind)`` is where a pair's live key (``kind`` "key") or certificate
+  ("cert") is: an upstream regular file, or the file of that name in the version its pointer
+  names. A symlink there that is not the pair's own link (another line's per-name link,
+  anything else) is neither followed nor used: the pair counts as having no such file.
+  ``read_current`` reads it.
+- ``live_file(paths, kind)`` is the same answer as a path, without the tree's descriptors
+  (for deploys, which copy the real file: its basename is the upstream name).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import os
 import secrets
 import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from lematt.errors import StoreError
 from lematt.model import CertLine, KeyType
@@ -35,8 +39,6 @@ from lematt.store.atomic import write_all
 from lematt.store.dirs import STAGING, TreeDirs
 from lematt.store.layout import (
     KEY_MODE,
-    PAIR_CERT,
-    PAIR_KEY,
     PAIRS_DIR,
     PUBLIC_DIR_MODE,
     PUBLIC_MODE,
@@ -75,8 +77,13 @@ def pointer(dirs: TreeDirs, slot: str) -> str | None:
     return None
 
 
-def current(dirs: TreeDirs, paths: CertPaths, member: str) -> tuple[int, str] | None:
-    where, name = ("key", paths.key.name) if member == PAIR_KEY else ("cert", paths.cert.name)
+def _where(paths: CertPaths, kind: str) -> tuple[str, str]:
+    """(tree directory, upstream name) of the pair's key (``kind`` "key") or certificate."""
+    return ("key", paths.key.name) if kind == "key" else ("cert", paths.cert.name)
+
+
+def current(dirs: TreeDirs, paths: CertPaths, kind: str) -> tuple[int, str] | None:
+    where, name = _where(paths, kind)
     fd = dirs.fd(where)
     try:
         st = os.lstat(name, dir_fd=fd)
@@ -85,25 +92,49 @@ def current(dirs: TreeDirs, paths: CertPaths, member: str) -> tuple[int, str] | 
     if stat.S_ISREG(st.st_mode):
         return fd, name
     if stat.S_ISLNK(st.st_mode) and os.readlink(name, dir_fd=fd) == main_target(paths.slot,
-                                                                                   member):
+                                                                                   name):
         version = pointer(dirs, paths.slot)
         if version is not None:
             with contextlib.suppress(FileNotFoundError):
-                if stat.S_ISREG(os.lstat(f"{version}/{member}",
+                if stat.S_ISREG(os.lstat(f"{version}/{name}",
                                          dir_fd=dirs.fd(PAIRS_DIR)).st_mode):
-                    return dirs.fd(PAIRS_DIR), f"{version}/{member}"
+                    return dirs.fd(PAIRS_DIR), f"{version}/{name}"
     return None
 
 
-def read_current(dirs: TreeDirs, paths: CertPaths, member: str) -> bytes | None:
-    found = current(dirs, paths, member)
+def live_file(paths: CertPaths, kind: str) -> Path | None:
+    """The regular file the pair's upstream key or certificate name shows now: the name
+    itself (an old-layout file) or, through the pair's own link and pointer, the file of the
+    same name in the live version. Two ``readlink`` calls at most; anything else there (a
+    link that is not the pair's own, a missing file) is None."""
+    _, name = _where(paths, kind)
+    upstream = paths.key if kind == "key" else paths.cert
+    try:
+        st = os.lstat(upstream)
+        if stat.S_ISREG(st.st_mode):
+            return upstream
+        if not stat.S_ISLNK(st.st_mode) or os.readlink(upstream) != main_target(paths.slot,
+                                                                                 name):
+            return None
+        pairs = upstream.parent.parent / PAIRS_DIR
+        version = os.readlink(pairs / paths.slot)
+        if version_slot(version) != paths.slot:
+            return None
+        real = pairs / version / name
+        return real if stat.S_ISREG(os.lstat(real).st_mode) else None
+    except OSError:
+        return None
+
+
+def read_current(dirs: TreeDirs, paths: CertPaths, kind: str) -> bytes | None:
+    found = current(dirs, paths, kind)
     return None if found is None else read_file(found[1], found[0])
 
 
-def _is_own_link(dirs: TreeDirs, paths: CertPaths, member: str) -> bool:
-    where, name = ("key", paths.key.name) if member == PAIR_KEY else ("cert", paths.cert.name)
+def _is_own_link(dirs: TreeDirs, paths: CertPaths, kind: str) -> bool:
+    where, name = _where(paths, kind)
     try:
-        return os.readlink(name, dir_fd=dirs.fd(where)) == main_target(paths.slot, member)
+        return os.readlink(name, dir_fd=dirs.fd(where)) == main_target(paths.slot, name)
     except OSError:
         return False
 
@@ -119,15 +150,15 @@ def _write(dir_fd: int, name: str, data: bytes, mode: int) -> None:
         os.close(fd)
 
 
-def _same_file(src_fd: int, src: str, dst_fd: int, member: str) -> None:
-    """``member`` in ``dst_fd`` as the very file ``src`` is (a hard link: same inode, so a
+def _same_file(src_fd: int, src: str, dst_fd: int, name: str, mode: int) -> None:
+    """``name`` in ``dst_fd`` as the very file ``src`` is (a hard link: same inode, so a
     service sees no change when its name moves over), or a copy where no link is allowed
     (another file system is impossible here, but ``fs.protected_hardlinks`` may refuse)."""
     try:
-        os.link(src, member, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
+        os.link(src, name, src_dir_fd=src_fd, dst_dir_fd=dst_fd, follow_symlinks=False)
     except PermissionError:
         data = read_file(src, src_fd) or b""
-        _write(dst_fd, member, data, KEY_MODE if member == PAIR_KEY else PUBLIC_MODE)
+        _write(dst_fd, name, data, mode)
 
 
 def _new_version_dir(staging: int, name: str) -> int:
@@ -147,15 +178,15 @@ def stage(dirs: TreeDirs, paths: CertPaths, pair: NewPair, token: str, into: Ste
     try:
         key_pem = pair.key_pem
         if key_pem is None:
-            key_pem = read_current(dirs, paths, PAIR_KEY)
+            key_pem = read_current(dirs, paths, "key")
             if key_pem is None:
                 raise StoreError(f"no stored key for {paths.cert.name} to keep; not stored")
         version = f"{slot}{VERSION_MARK}{secrets.token_hex(8)}"
         fd = _new_version_dir(staging, version)
         staged.append(version)
         try:
-            _write(fd, PAIR_KEY, key_pem, KEY_MODE)
-            _write(fd, PAIR_CERT, pair.chain_pem, PUBLIC_MODE)
+            _write(fd, paths.key.name, key_pem, KEY_MODE)
+            _write(fd, paths.cert.name, pair.chain_pem, PUBLIC_MODE)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -165,26 +196,27 @@ def stage(dirs: TreeDirs, paths: CertPaths, pair: NewPair, token: str, into: Ste
         renames = [((STAGING, version), (PAIRS_DIR, version)),
                    ((STAGING, csr_temp), ("csr", paths.csr.name))]
         old = pointer(dirs, slot)
-        own = _is_own_link(dirs, paths, PAIR_KEY) and _is_own_link(dirs, paths, PAIR_CERT)
+        own = _is_own_link(dirs, paths, "key") and _is_own_link(dirs, paths, "cert")
         if not own:
-            shown = [current(dirs, paths, member) for member in (PAIR_KEY, PAIR_CERT)]
+            shown = [current(dirs, paths, kind) for kind in ("key", "cert")]
             if shown[0] is not None and shown[1] is not None:
                 # Both names show a file now: keep showing exactly those until the switch.
                 before = f"{slot}{VERSION_MARK}{secrets.token_hex(8)}"
                 fd = _new_version_dir(staging, before)
                 staged.append(before)
                 try:
-                    for member, (src_fd, src) in zip((PAIR_KEY, PAIR_CERT), shown,
-                                                     strict=True):
-                        _same_file(src_fd, src, fd, member)
+                    for (name, mode), (src_fd, src) in zip(
+                            ((paths.key.name, KEY_MODE), (paths.cert.name, PUBLIC_MODE)),
+                            shown, strict=True):
+                        _same_file(src_fd, src, fd, name, mode)
                     os.fsync(fd)
                 finally:
                     os.close(fd)
                 renames.append(((STAGING, before), (PAIRS_DIR, before)))
                 steps.migrate.append((slot, before, version))
                 steps.remove.append(before)
-            steps.mains += [(("key", paths.key.name), main_target(slot, PAIR_KEY)),
-                            (("cert", paths.cert.name), main_target(slot, PAIR_CERT))]
+            steps.mains += [(("key", paths.key.name), main_target(slot, paths.key.name)),
+                            (("cert", paths.cert.name), main_target(slot, paths.cert.name))]
         steps.renames += renames
         steps.switch.append((slot, version))
         if old is not None:

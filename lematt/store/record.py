@@ -41,7 +41,7 @@ from lematt import failpoint
 from lematt.errors import StoreError
 from lematt.store.atomic import TEMP_MARK
 from lematt.store.dirs import STAGING, TreeDirs
-from lematt.store.layout import PAIR_CERT, PAIR_KEY, PAIRS_DIR, VERSION_MARK
+from lematt.store.layout import PAIRS_DIR, VERSION_MARK
 from lematt.store.safe import remove_tree
 
 VERSION = 2
@@ -56,7 +56,7 @@ _UPSTREAM_RE = re.compile(rf"(?P<dir>key|csr|cert)/(?P<name>{_PLAIN})")
 _POINTER_RE = re.compile(rf"{re.escape(PAIRS_DIR)}/(?P<slot>{_SLOT})")
 _IN_PAIRS_RE = re.compile(rf"{re.escape(PAIRS_DIR)}/(?P<name>{_NAME})")
 _MAIN_TARGET_RE = re.compile(
-    rf"\.\./{re.escape(PAIRS_DIR)}/(?P<slot>{_SLOT})/(?P<member>{PAIR_KEY}|{PAIR_CERT})")
+    rf"\.\./{re.escape(PAIRS_DIR)}/(?P<slot>{_SLOT})/(?P<member>{_PLAIN})")
 
 Rel = tuple[str, str]  # (directory key of TreeDirs, entry name)
 
@@ -190,7 +190,8 @@ def parse(raw: Any, source: str) -> Steps:
                 raise _bad(source, "main link", item)
             where = _link_path(item[0], source)
             target = _match(_MAIN_TARGET_RE, item[1], source, "main link target")
-            if (where[0] == "key") != (target["member"] == PAIR_KEY):
+            # An upstream name points at the file of the same name in its pair's version.
+            if target["member"] != where[1]:
                 raise _bad(source, "main link", item)
             steps.mains.append((where, item[1]))
         removals = raw.get("remove", [])

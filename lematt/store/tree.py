@@ -44,7 +44,7 @@ from lematt.model import CertLine, KeyType
 from lematt.store import record
 from lematt.store.dirs import JOURNAL, STAGING, TreeDirs, open_tree
 from lematt.store.journal import Journal
-from lematt.store.layout import KEY_MODE, PAIR_KEY, CertPaths, Layout
+from lematt.store.layout import KEY_MODE, CertPaths, Layout
 from lematt.store.pairs import NewPair, read_current, stage
 from lematt.store.pending import PendingDeploys
 from lematt.store.safe import check_safe, read_file, remove_tree
@@ -145,7 +145,7 @@ class Store:
 
     def read_key(self, line: CertLine, key_type: KeyType) -> bytes | None:
         """The pair's live key as stored (its own file only; see ``pairs.current``)."""
-        return read_current(self.dirs(), self.layout.paths(line, key_type), PAIR_KEY)
+        return read_current(self.dirs(), self.layout.paths(line, key_type), "key")
 
     # -- committing ---------------------------------------------------------------------
     def commit(self, line: CertLine, key_type: KeyType, *, key_pem: bytes | None,

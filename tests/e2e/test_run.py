@@ -65,7 +65,8 @@ def test_issues_single_san_and_shorthand_lines_rsa_and_ec(
                 f"{stem}-key.{tag}.test.pem")
         # The upstream names switch key and certificate together: links through the pair's
         # one pointer in .pairs (lematt.store.pairs).
-        assert os.readlink(san_cert) == f"../.pairs/{stem}.{tag}/cert.pem"
+        # The file it resolves to carries the upstream name itself.
+        assert os.readlink(san_cert) == f"../.pairs/{stem}.{tag}/{san_cert.name}"
         assert (t["csr"] / f"{stem}-csr.{tag}.test.csr").read_bytes().startswith(
             b"-----BEGIN CERTIFICATE REQUEST-----")
     # Full chain: leaf plus at least one intermediate.

@@ -3,12 +3,15 @@ them through real processes is tests/e2e/test_actions.py)."""
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from lematt.config import Actions, Section, Settings, SshForward, SshRun, SshUpload
 from lematt.deploy.plan import LOCAL, Step, deploy_plan
+from lematt.execution import UploadFile
 from lematt.model import CertLine
 from lematt.store.layout import Layout
 
@@ -37,17 +40,28 @@ def hosts_of(dest: str) -> str:
     return {"web-a": "[127.0.0.2]:2222", "web-b": "[127.0.0.2]:2222"}.get(dest, dest)
 
 
+def stored_files(lines: Sequence[CertLine], kind: str, mode: int | None
+                 ) -> tuple[UploadFile, ...]:
+    """Stand-in for deploy.files: per line, its real file and its per-name links."""
+    where = Path("/my conf/prod/.pairs") if kind == "uploadCerts" else Path("/k $(x)")
+    return tuple(UploadFile(where / f"{n}-{kind}", f"{n}-{kind}")
+                 for line in lines for n in line.names)
+
+
 def test_steps_uploads_first_then_distinct_updates(layout: Layout) -> None:
-    plan = deploy_plan(ACTIONS, [A, MAIL], layout, hosts_of, no_files)
+    plan = deploy_plan(ACTIONS, [A, MAIL], layout, hosts_of, stored_files)
     assert list(plan) == [LOCAL]
     steps = plan[LOCAL]
     kinds = [s.kind for s in steps]
     assert kinds == ["uploadCerts", "uploadKeys", "update", "update", "update"]
-    certdir = str(layout.cert_dir())
+    # CERTS / KEYS: the listed files, each quoted, in order (no glob for the shell).
     assert steps[0] == Step("uploadCerts", "default", LOCAL,
-                            f"cp '{certdir}/a.example.com'* '{certdir}/www.a.example.com'* /srv")
+                            "cp '/my conf/prod/.pairs/a.example.com-uploadCerts' "
+                            "'/my conf/prod/.pairs/www.a.example.com-uploadCerts' /srv")
     assert steps[1].section == "every"
-    assert steps[1].command.count("*") == 3  # every renewed cert's names
+    assert shlex.split(steps[1].command) == [  # every renewed cert's files
+        "push", "/k $(x)/a.example.com-uploadKeys", "/k $(x)/www.a.example.com-uploadKeys",
+        "/k $(x)/mail.example.com-uploadKeys"]
     updates = [s.command for s in steps[2:]]
     assert updates == ["reload nginx", "reload postfix mail.example.com",
                        "log a.example.com www.a.example.com mail.example.com"]

@@ -146,7 +146,8 @@ def test_link_never_replaces_another_lines_upstream_name(tmp_path: Path) -> None
     san = CertLine(2, ("example.com", "mail.example.com", "old.example.com"))
     _, k2, c2, ch2 = _material(san.names)
     store.commit(san, "ec", key_pem=k2, csr_pem=c2, chain_pem=ch2)
-    assert os.readlink(single_paths.cert) == main_target(single_paths.slot, "cert.pem")
+    assert os.readlink(single_paths.cert) == main_target(single_paths.slot,
+                                                         single_paths.cert.name)
     assert single_paths.cert.read_bytes() == ch1 and single_paths.key.read_bytes() == k1
     assert not legacy_paths.cert.is_symlink() and legacy_paths.cert.read_bytes() == ch3
 

@@ -69,7 +69,9 @@ FORGED = [
     {"version": 2, "switch": [[".pairs/x", "../../outside"]]},
     {"version": 2, "switch": [[".pairs/x", "y+0123abcd"]]},  # another slot's version
     {"version": 2, "mains": [["key/a", "../../outside/shadow"]]},
-    {"version": 2, "mains": [["key/a", "../.pairs/x/cert.pem"]]},  # key name -> cert
+    {"version": 2, "mains": [["key/a-key.pem", "../.pairs/x/a-cert.pem"]]},  # key -> cert
+    {"version": 2, "mains": [["key/a", "../.pairs/x/.."]]},
+    {"version": 2, "mains": [["key/a", "../.pairs/x/../../../outside"]]},
     {"version": 2, "links": [["key/a", "/etc/shadow"]]},
     {"version": 2, "links": [["cert/../../outside/shadow", "b"]]},
     {"version": 2, "remove": ["../outside"]},
@@ -139,7 +141,7 @@ def test_a_planted_key_symlink_is_neither_read_nor_written_through(
     key, csr, chain = material()
     store.commit(LINE, "ec", key_pem=key, csr_pem=csr, chain_pem=chain)
     assert paths.key.read_bytes() == key
-    assert os.readlink(paths.key) == f"../{PAIRS_DIR}/{paths.slot}/key.pem"
+    assert os.readlink(paths.key) == f"../{PAIRS_DIR}/{paths.slot}/{paths.key.name}"
 
 
 def test_recovery_never_follows_a_symlink_in_staging(tmp_path: Path, victim: Path) -> None:
@@ -165,8 +167,10 @@ def test_directories_get_their_modes_under_umask_000(tmp_path: Path) -> None:
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
     version = root / PAIRS_DIR / os.readlink(root / PAIRS_DIR / paths.slot)
     assert stat.S_IMODE(version.stat().st_mode) == 0o755
-    assert stat.S_IMODE((version / "key.pem").stat().st_mode) == 0o600
-    assert stat.S_IMODE((version / "cert.pem").stat().st_mode) == 0o644
+    # The files of a version carry the upstream names (what copies of them deliver).
+    assert sorted(os.listdir(version)) == sorted([paths.key.name, paths.cert.name])
+    assert stat.S_IMODE((version / paths.key.name).stat().st_mode) == 0o600
+    assert stat.S_IMODE((version / paths.cert.name).stat().st_mode) == 0o644
     assert stat.S_IMODE(paths.csr.stat().st_mode) == 0o644
     for name in os.listdir(root / ".journal"):
         assert stat.S_IMODE((root / ".journal" / name).stat().st_mode) & 0o077 == 0

@@ -52,7 +52,9 @@ def test_under_umask_000_every_directory_and_file_gets_its_own_mode(
         assert mode & 0o022 == 0, f"{path} is writable by others: {mode:04o}"
     assert modes["key"] == modes[".staging"] == modes[".journal"] == 0o700
     assert modes["cert"] == modes["csr"] == modes[".pairs"] == 0o755
-    keys = [m for p, m in modes.items() if p.endswith("key.pem")]
+    # The keys themselves: regular files in .pairs' versions, under their upstream names.
+    keys = [m for p, m in modes.items()
+            if p.startswith(".pairs/") and "-key." in p.rsplit("/", 1)[-1]]
     assert keys and set(keys) == {0o600}
     assert stat.S_IMODE(root.stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "conf" / ".lematt.lock").stat().st_mode) == 0o600
