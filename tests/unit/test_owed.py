@@ -129,3 +129,21 @@ def test_nothing_to_deploy_clears_void_debts(tmp_path: Path) -> None:
     deployer.store.pending.add([("not.configured.example.com",)])
     report = anyio.run(deployer.run, [])
     assert report.steps == [] and deployer.store.pending.load() == {}
+
+
+def test_owed_deploys_lists_each_configured_line_and_the_hosts_it_is_owed_to(
+        tmp_path: Path) -> None:
+    """What ``lematt status`` shows: per line, the hosts (resolved key, name as written)."""
+    from lematt.deploy.owed import OwedDeploy, owed_deploys
+
+    settings = Settings(conf_dir=tmp_path, account_key=tmp_path / "k")
+    config = Config(settings, (A, B, MAIL), ACTIONS)
+    store = Store(settings, test=False)
+    store.ensure_dirs()
+    assert owed_deploys(config, store, resolve) == []  # no pending file
+    store.pending.add([MAIL.names, A.names, ("not.configured.example.com",)])
+    store.pending.settle({}, {B.names: frozenset({LOCAL, "[gone]:22"})})
+    assert owed_deploys(config, store, resolve) == [
+        OwedDeploy(A, (("[web]:22", "web"), (LOCAL, LOCAL)), True),
+        OwedDeploy(B, ((LOCAL, LOCAL),), False),  # [gone]:22 is named by no action now
+        OwedDeploy(MAIL, (("[mail]:22", "mail"),), True)]
