@@ -337,6 +337,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("one of the arguments --test --prod is required")
     if args.command is not None:
         return _command(args)
+    if args.cron and args.json is None:
+        # A cron run whose last full check found nothing to do, with every input unchanged
+        # and no certificate due yet, ends here (lematt.store.quiet).
+        import time
+
+        from lematt.store.quiet import memo_says_quiet
+
+        if memo_says_quiet(args.config, args.test, time.time()):
+            return EXIT_OK
     if args.json is not None:
         problem = _json_target_problem(args.json)
         if problem is not None:

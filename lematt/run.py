@@ -29,16 +29,17 @@ import anyio
 from lematt.config import Config
 from lematt.deploy.deployer import Deployer, Pending
 from lematt.errors import StoreError
-from lematt.model import CertState, Job, KeyType, Outcome, RunResult
+from lematt.model import CertState, Found, Job, KeyType, Outcome, RunResult
 from lematt.orders import order_all
 from lematt.orders.account import check_before_ordering
 from lematt.orders.context import OrderEnv
-from lematt.orders.renewal_info import refresh
-from lematt.plan import plan, timing_warnings
+from lematt.orders.renewal_info import next_question, refresh
+from lematt.plan import next_due, plan, timing_warnings
 from lematt.report import Reporter
 from lematt.store.atomic import write_atomic
 from lematt.store.inventory import scan
 from lematt.store.layout import PUBLIC_MODE
+from lematt.store.quiet import clear_memo, write_memo
 from lematt.store.renewal import RenewalBook, index_identity, states_for
 from lematt.store.tree import Store
 
@@ -104,7 +105,9 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
         pending = store.pending.load()
         if not jobs and not pending:
             reporter.info(f"all {len(found)} certificates are current; nothing to do")
+            _remember_quiet(env, book, found, states, default, now.timestamp())
             return result
+        clear_memo(store.root)
         for job in jobs:
             reporter.info(f"due: {job.label}: {job.reason}")
         if jobs:
@@ -130,6 +133,21 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
                 result.deploy_seconds = report.wall_seconds
                 result.host_seconds = report.host_seconds
     return result
+
+
+def _remember_quiet(env: OrderEnv, book: RenewalBook, found: dict[tuple[int, KeyType], Found],
+                    states: dict[tuple[int, KeyType], CertState], default: CertState | None,
+                    now: float) -> None:
+    """After a run with nothing to do: until when the next ones stay so
+    (``lematt.store.quiet``)."""
+    config = env.config
+    if config.config_path is None:
+        return
+    until = min(next_due(env.settings, config.lines, found, states, default),
+                next_question(env, book, found, states, default, now))
+    files = [p for p in (config.config_path, config.domains_path, config.actions_path)
+             if p is not None]
+    write_memo(config.config_path, files, env.settings.conf_dir, env.store.root, until, now)
 
 
 def _keep_issued(env: OrderEnv, book: RenewalBook, names: dict[tuple[int, KeyType], str],
