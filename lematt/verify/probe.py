@@ -17,6 +17,7 @@ suites say nothing of the key; only the signature_algorithms extension does, and
 from __future__ import annotations
 
 import asyncio
+import socket
 import ssl
 from contextlib import suppress
 
@@ -57,16 +58,18 @@ async def served_leaf(endpoint: Endpoint, sni: str, key_type: KeyType,
                       timeout: float) -> bytes:
     """The DER leaf ``endpoint`` serves for ``sni`` and ``key_type`` (see module contract)."""
     writer: asyncio.StreamWriter | None = None
+    connected = False
     try:
         async with asyncio.timeout(timeout):
             ctx = client_context(key_type)
             if endpoint.scheme in ("https", "tls"):
-                _, writer = await asyncio.open_connection(
+                reader, writer = await asyncio.open_connection(
                     endpoint.host, endpoint.port, ssl=ctx, server_hostname=sni,
                     ssl_handshake_timeout=timeout, limit=_LINE_LIMIT)
             else:
                 reader, writer = await asyncio.open_connection(
                     endpoint.host, endpoint.port, limit=_LINE_LIMIT)
+                connected = True
                 if endpoint.scheme == "smtp":
                     await _smtp_starttls(reader, writer)
                 else:
@@ -83,11 +86,14 @@ async def served_leaf(endpoint: Endpoint, sni: str, key_type: KeyType,
     except ssl.SSLError as exc:
         raise ProbeError(f"TLS handshake failed ({printable(exc.reason or str(exc), 200)})") \
             from None
-    except (asyncio.IncompleteReadError, ConnectionError) as exc:
-        raise ProbeError(f"the connection was closed ({printable(str(exc), 200)})") from None
-    except OSError as exc:
+    except asyncio.IncompleteReadError:
+        raise ProbeError("the server closed the connection") from None
+    except (ConnectionRefusedError, socket.gaierror) as exc:
         raise ProbeError(f"cannot connect: {printable(exc.strerror or str(exc), 200)}") \
             from None
+    except OSError as exc:
+        what = "the connection failed" if connected else "cannot connect"
+        raise ProbeError(f"{what}: {printable(exc.strerror or str(exc), 200)}") from None
     except ValueError as exc:  # a line over the reader's limit
         raise ProbeError(f"the server sent an overlong line ({printable(str(exc), 100)})") \
             from None
