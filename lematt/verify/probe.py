@@ -119,10 +119,10 @@ async def _smtp_reply(reader: asyncio.StreamReader, expected: str) -> list[str]:
         line = await _line(reader)
         lines.append(line)
         if len(line) < 3 or not line[:3].isdigit():
-            raise ProbeError(f"not an SMTP reply: {printable(line, 120)!r}")
+            raise ProbeError(f"not an SMTP reply: '{printable(line, 120)}'")
         if line[3:4] != "-":
             if line[:3] != expected:
-                raise ProbeError(f"the SMTP server answered {printable(line, 120)!r}")
+                raise ProbeError(f"the SMTP server answered '{printable(line, 120)}'")
             return lines
     raise ProbeError(f"an SMTP reply of more than {_MAX_LINES} lines")
 
@@ -144,12 +144,12 @@ async def _smtp_starttls(reader: asyncio.StreamReader, writer: asyncio.StreamWri
 async def _imap_starttls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     greeting = await _line(reader)
     if not greeting.upper().startswith("* OK"):
-        raise ProbeError(f"not an IMAP greeting: {printable(greeting, 120)!r}")
+        raise ProbeError(f"not an IMAP greeting: '{printable(greeting, 120)}'")
     writer.write(b"L1 STARTTLS\r\n")  # RFC 9051 6.2.1
     for _ in range(_MAX_LINES):
         line = await _line(reader)
         if line.startswith("L1 "):
             if line[3:].upper().startswith("OK"):
                 return
-            raise ProbeError(f"the IMAP server answered {printable(line, 120)!r}")
+            raise ProbeError(f"the IMAP server answered '{printable(line, 120)}'")
     raise ProbeError(f"no answer to STARTTLS within {_MAX_LINES} lines")
