@@ -22,6 +22,7 @@ certificate's own first name.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from dataclasses import dataclass
@@ -34,12 +35,19 @@ DEFAULT_PORTS = {"https": 443, "smtp": 25, "imap": 143}
 EXAMPLE = ('"https://www.example.com", "smtp://mail.example.com:587" or '
            '{"connect": "10.0.0.5:443", "name": "www.example.com"}')
 
-_URL_RE = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)", re.DOTALL)
-_HOST_PORT_RE = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))"
+
+
+@functools.cache
+def _patterns() -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
+    """URL, HOST[:PORT] and host label patterns, compiled when a verify entry is first read
+    (not at import: every cron run imports this module, few configs have entries)."""
+    url = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<rest>.*)", re.DOTALL)
+    host_port = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))"
                            r"(?::(?P<port>[0-9]{1,5}))?/?")
-# A host to connect to may be a single label ("localhost", a name from /etc/hosts), unlike a
-# certificate name; each label LDH, 1-63 characters.
-_LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+    # A host to connect to may be a single label ("localhost", a name from /etc/hosts),
+    # unlike a certificate name; each label LDH, 1-63 characters.
+    label = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+    return url, host_port, label
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ def parse_endpoint(item: object) -> Endpoint:
 
 
 def _parse_url(text: str) -> Endpoint:
-    match = _URL_RE.fullmatch(text.strip())
+    match = _patterns()[0].fullmatch(text.strip())
     if not match:
         raise ValueError(f"{text!r} is not an endpoint URL; write one like {EXAMPLE}")
     scheme = _scheme(match["scheme"])
@@ -107,7 +115,8 @@ def _scheme(value: object) -> str:
 
 
 def _host_port(text: str, scheme: str, written: str) -> tuple[str, int]:
-    match = _HOST_PORT_RE.fullmatch(text)
+    _, host_port, label_re = _patterns()
+    match = host_port.fullmatch(text)
     if not match:
         raise ValueError(f"{written!r}: expected HOST[:PORT] (a host name or IP address, "
                          "[IPv6] in brackets, nothing after the port)")
@@ -119,7 +128,7 @@ def _host_port(text: str, scheme: str, written: str) -> tuple[str, int]:
             raise ValueError(f"{written!r}: {host!r} is not an IPv6 address") from None
         host = host.lower()
         labels = host.split(".")
-        if len(host) > 253 or not all(_LABEL_RE.fullmatch(label) for label in labels):
+        if len(host) > 253 or not all(label_re.fullmatch(label) for label in labels):
             raise ValueError(f"{written!r}: {host!r} is not a host name (letters, digits "
                              "and hyphens, labels separated by dots) nor an IP address") \
                 from None
