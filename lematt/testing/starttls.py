@@ -15,7 +15,8 @@ manager; its own event loop in a daemon thread). ``mode`` is ``smtp``, ``imap``,
 (accepts and never says anything). ``certs`` maps a server name to its (certificate chain,
 key) file pairs, one per key type; the first name is the default for an unknown or missing
 SNI. The files are read at each connection, like a server that reloads at once, so a test
-changes what is served by writing files.
+changes what is served by writing files. ``connected`` is set once a client has connected
+(a test waits on it, bounded, to act while a check is in progress).
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ class StartTlsServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self.connected = threading.Event()
 
     def start(self) -> StartTlsServer:
         self._thread.start()
@@ -85,6 +87,7 @@ class StartTlsServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]
+        self.connected.set()
         try:
             async with asyncio.timeout(30):  # one probe is seconds; bound a stuck one
                 await self._dialogue(reader, writer)

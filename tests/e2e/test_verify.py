@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +30,7 @@ from lematt.crypto import (
 )
 from lematt.testing.certs import LocalCA
 from lematt.testing.starttls import StartTlsServer
-from tests.e2e.conftest import PORT_OFFSET, MakeConf, RunLematt
+from tests.e2e.conftest import PORT_OFFSET, REPO_ROOT, MakeConf, RunLematt
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HTTPS_PORT = 9443 + PORT_OFFSET
@@ -228,6 +229,44 @@ def test_reload_that_does_nothing_stays_owed_until_fixed(
     assert alone.stdout.count("serves the stored certificate") == 2
     unknown = run_lematt("--test", "verify", "other.verify.test", "--config", conf)
     assert unknown.returncode == 2 and "on no line of the domains file" in unknown.stderr
+
+
+def test_kill_while_verifying_leaves_the_deploy_owed(
+        tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt,
+        nginx: Callable[[list[str]], Nginx]) -> None:
+    name = "killed.verify.test"
+    rig = nginx([name])
+    endpoint = f"https://{ADDRESS}:{HTTPS_PORT}"
+    conf = make_conf(tmp_path, f"{name}\n", extra_conf={"verifyTimeout": VERIFY_TIMEOUT})
+    write_actions(tmp_path, {"default": deploy_actions(rig, "true", [endpoint])})
+    first = run_lematt("--test", "--config", conf)
+    assert first.returncode == 1 and "deploy to local is pending" in first.stderr
+
+    # The fixed update runs, then a check hangs on a silent endpoint: SIGKILL lematt there.
+    silent = f"tls://{ADDRESS}:{SILENT_PORT}"
+    text = (tmp_path / "lematt.conf").read_text()
+    assert f"verifyTimeout = {VERIFY_TIMEOUT}\n" in text
+    (tmp_path / "lematt.conf").write_text(text.replace(f"verifyTimeout = {VERIFY_TIMEOUT}\n",
+                                                       "verifyTimeout = 600\n"))
+    write_actions(tmp_path, {"default": deploy_actions(rig, rig.reload_command,
+                                                       [endpoint, silent])})
+    with StartTlsServer(ADDRESS, SILENT_PORT, "silent", {}) as server:
+        proc = subprocess.Popen([sys.executable, "-m", "lematt", "--test", "--config",
+                                 str(conf)], cwd=REPO_ROOT, start_new_session=True,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            assert server.connected.wait(120), "lematt never reached the verify step"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+    write_actions(tmp_path, {"default": deploy_actions(rig, rig.reload_command, [endpoint])})
+    third = run_lematt("--test", "--config", conf)
+    assert third.returncode == 0, third.stderr
+    assert "retrying the pending deploy to local" in third.stdout
+    assert third.stdout.count("serves the stored certificate") == 2
 
 
 def test_starttls_tls_and_hostile_endpoints(
