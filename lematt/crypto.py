@@ -327,3 +327,14 @@ def certificate_serial_and_expiry(der: bytes) -> tuple[str, datetime]:
         return f"{cert.serial_number:x}", cert.not_valid_after_utc
     except ValueError as exc:
         raise CryptoError(f"not a readable certificate ({exc})") from None
+
+
+def certificate_key_type(der: bytes) -> str:
+    """"rsa", "ec" or "other": the kind of public key a DER certificate carries."""
+    try:
+        key = x509.load_der_x509_certificate(der).public_key()
+    except ValueError as exc:
+        raise CryptoError(f"not a readable certificate ({exc})") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa"
+    return "ec" if isinstance(key, ec.EllipticCurvePublicKey) else "other"

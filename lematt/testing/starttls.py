@@ -11,12 +11,13 @@ the handshake after them is real OpenSSL, as in a real server.
 
 Contract: ``StartTlsServer(address, port, mode, certs)`` serves until ``stop()`` (a context
 manager; its own event loop in a daemon thread). ``mode`` is ``smtp``, ``imap``, ``tls``,
-``garbage`` (answers every connection with bytes that are no protocol) or ``silent``
-(accepts and never says anything). ``certs`` maps a server name to its (certificate chain,
-key) file pairs, one per key type; the first name is the default for an unknown or missing
-SNI. The files are read at each connection, like a server that reloads at once, so a test
-changes what is served by writing files. ``connected`` is set once a client has connected
-(a test waits on it, bounded, to act while a check is in progress).
+``tls13`` (direct TLS that refuses TLS 1.2), ``garbage`` (answers every connection with
+bytes that are no protocol) or ``silent`` (accepts and never says anything). ``certs`` maps
+a server name to its (certificate chain, key) file pairs, one per key type; the first name
+is the default for an unknown or missing SNI. The files are read at each connection, like a
+server that reloads at once, so a test changes what is served by writing files.
+``connected`` is set once a client has connected (a test waits on it, bounded, to act while
+a check is in progress).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 
 Pairs = Sequence[tuple[Path, Path]]
-MODES = ("smtp", "imap", "tls", "garbage", "silent")
+MODES = ("smtp", "imap", "tls", "tls13", "garbage", "silent")
 _STOP_TIMEOUT = 10.0
 
 
@@ -45,6 +46,7 @@ class StartTlsServer:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
         self.connected = threading.Event()
 
     def start(self) -> StartTlsServer:
@@ -77,8 +79,10 @@ class StartTlsServer:
     async def _close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
+        # End each connection, not its task: a cancelled handler task makes asyncio's stream
+        # callback log a traceback; a closed connection ends the handler's read quietly.
+        for writer in list(self._writers):
+            writer.transport.abort()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=_STOP_TIMEOUT)
 
@@ -87,6 +91,7 @@ class StartTlsServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)  # type: ignore[arg-type]
+        self._writers.add(writer)
         self.connected.set()
         try:
             async with asyncio.timeout(30):  # one probe is seconds; bound a stuck one
@@ -97,6 +102,7 @@ class StartTlsServer:
         finally:
             writer.transport.abort()
             self._tasks.discard(task)  # type: ignore[arg-type]
+            self._writers.discard(writer)
 
     async def _dialogue(self, reader: asyncio.StreamReader,
                         writer: asyncio.StreamWriter) -> None:
@@ -127,8 +133,34 @@ class StartTlsServer:
                 return
             writer.write(tag + b" OK Begin TLS negotiation now\r\n")
         await writer.drain()
-        await writer.start_tls(self._context(), ssl_handshake_timeout=10)
+        await self._handshake(reader, writer)
         await reader.read(1)  # the client reads the certificate and goes
+
+    async def _handshake(self, reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> None:
+        """The server side of a TLS handshake over memory buffers (not ``start_tls``, which
+        drops the connection on a failed handshake without sending OpenSSL's alert; real
+        servers send it, and the client's message depends on it)."""
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = self._context().wrap_bio(incoming, outgoing, server_side=True)
+        for _ in range(100):  # a handshake is a few flights
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                await writer.drain()
+                data = await reader.read(65536)
+                if not data:
+                    return
+                incoming.write(data)
+                continue
+            except ssl.SSLError:
+                writer.write(outgoing.read())  # the alert
+                await writer.drain()
+                return
+            writer.write(outgoing.read())
+            await writer.drain()
+            return
 
     def _context(self) -> ssl.SSLContext:
         contexts = {name: self._one_context(pairs) for name, pairs in self.certs.items()}
@@ -140,9 +172,10 @@ class StartTlsServer:
         default.sni_callback = pick  # type: ignore[assignment]
         return default
 
-    @staticmethod
-    def _one_context(pairs: Pairs) -> ssl.SSLContext:
+    def _one_context(self, pairs: Pairs) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if self.mode == "tls13":
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
         # OpenSSL keeps one certificate per key type in a context and picks the one the
         # client's offered suites can use: RSA and EC side by side, as nginx and Postfix do.
         for cert, key in pairs:

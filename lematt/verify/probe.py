@@ -11,7 +11,9 @@ Why TLS 1.2 is pinned: a server that holds an RSA and an EC certificate picks on
 the client offers. In TLS 1.2 the cipher suite names the certificate's key type
 (ECDHE-RSA-* vs ECDHE-ECDSA-*), and Python's ``ssl`` can restrict the suites. In TLS 1.3 the
 suites say nothing of the key; only the signature_algorithms extension does, and ``ssl``
-(3.11) offers no way to set it. So the probe speaks TLS 1.2 to ask for each key type in turn.
+(3.11) offers no way to set it. So the probe speaks TLS 1.2 to ask for each key type in
+turn. A server that refuses TLS 1.2 is asked once more in TLS 1.3; what it serves is checked
+only if it is of the wanted type.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import ssl
 from contextlib import suppress
 
 from lematt.config.endpoints import Endpoint
-from lematt.errors import LemattError, printable
+from lematt.crypto import certificate_key_type
+from lematt.errors import CryptoError, LemattError, printable
 from lematt.model import KeyType
 
 # Suites whose server authentication is RSA, resp. ECDSA. Plain-RSA key exchange is in the
@@ -32,6 +35,11 @@ _CIPHERS = {
     "rsa": "ECDHE+aRSA:DHE+aRSA:kRSA:!eNULL:@SECLEVEL=0",
     "ec": "ECDHE+aECDSA:!eNULL:@SECLEVEL=0",
 }
+_SUITES = {"rsa": "ECDHE-RSA/RSA", "ec": "ECDHE-ECDSA"}
+# OpenSSL's reasons for "this server does not speak TLS 1.2" and "no suite in common".
+_VERSION_REFUSED = frozenset({"TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL",
+                              "NO_PROTOCOLS_AVAILABLE"})
+_NO_SHARED_SUITE = frozenset({"SSLV3_ALERT_HANDSHAKE_FAILURE", "NO_SHARED_CIPHER"})
 _LINE_LIMIT = 4096  # longest protocol line accepted before STARTTLS (SMTP allows 512)
 _MAX_LINES = 100  # lines of one reply (an EHLO lists a dozen extensions)
 
@@ -54,49 +62,80 @@ def client_context(key_type: KeyType) -> ssl.SSLContext:
     return ctx
 
 
+def _tls13_context() -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    return ctx
+
+
 async def served_leaf(endpoint: Endpoint, sni: str, key_type: KeyType,
                       timeout: float) -> bytes:
     """The DER leaf ``endpoint`` serves for ``sni`` and ``key_type`` (see module contract)."""
-    writer: asyncio.StreamWriter | None = None
-    connected = False
     try:
         async with asyncio.timeout(timeout):
-            ctx = client_context(key_type)
-            if endpoint.scheme in ("https", "tls"):
-                reader, writer = await asyncio.open_connection(
-                    endpoint.host, endpoint.port, ssl=ctx, server_hostname=sni,
-                    ssl_handshake_timeout=timeout, limit=_LINE_LIMIT)
-            else:
-                reader, writer = await asyncio.open_connection(
-                    endpoint.host, endpoint.port, limit=_LINE_LIMIT)
-                connected = True
-                if endpoint.scheme == "smtp":
-                    await _smtp_starttls(reader, writer)
-                else:
-                    await _imap_starttls(reader, writer)
-                await writer.start_tls(ctx, server_hostname=sni,
-                                       ssl_handshake_timeout=timeout)
-            ssl_object = writer.get_extra_info("ssl_object")
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-            if not der:
-                raise ProbeError("the server sent no certificate")
-            return bytes(der)
+            try:
+                return await _read_leaf(endpoint, sni, client_context(key_type), timeout)
+            except ssl.SSLError as exc:
+                if exc.reason not in _VERSION_REFUSED:
+                    raise
+            # A server that speaks only TLS 1.3 cannot be asked for a key type: take what
+            # it serves, and check it only if it is of the type wanted.
+            der = await _read_leaf(endpoint, sni, _tls13_context(), timeout)
+            try:
+                served_type = certificate_key_type(der)
+            except CryptoError as exc:
+                raise ProbeError(f"the server sent {exc}") from None
+            if served_type != key_type:
+                raise ProbeError(f"the server speaks only TLS 1.3, where lematt cannot ask "
+                                 f"for the {key_type.upper()} certificate; it served "
+                                 f"{served_type.upper()}")
+            return der
     except TimeoutError:
         raise ProbeError(f"no TLS handshake within {timeout:g} s") from None
     except ssl.SSLError as exc:
-        raise ProbeError(f"TLS handshake failed ({printable(exc.reason or str(exc), 200)})") \
-            from None
-    except asyncio.IncompleteReadError:
-        raise ProbeError("the server closed the connection") from None
+        reason = printable(exc.reason or str(exc), 200)
+        if exc.reason in _NO_SHARED_SUITE:
+            raise ProbeError(f"TLS handshake failed ({reason}): the server refused every "
+                             f"{_SUITES[key_type]} suite; it has no {key_type.upper()} "
+                             f"certificate for {sni}?") from None
+        raise ProbeError(f"TLS handshake failed ({reason})") from None
+    except (asyncio.IncompleteReadError, ConnectionResetError):
+        raise ProbeError(f"the server closed the connection (asked for {sni}, "
+                         f"{_SUITES[key_type]} suites)") from None
     except (ConnectionRefusedError, socket.gaierror) as exc:
         raise ProbeError(f"cannot connect: {printable(exc.strerror or str(exc), 200)}") \
             from None
     except OSError as exc:
-        what = "the connection failed" if connected else "cannot connect"
-        raise ProbeError(f"{what}: {printable(exc.strerror or str(exc), 200)}") from None
+        raise ProbeError(f"the connection failed: {printable(exc.strerror or str(exc), 200)}") \
+            from None
     except ValueError as exc:  # a line over the reader's limit
         raise ProbeError(f"the server sent an overlong line ({printable(str(exc), 100)})") \
             from None
+
+
+async def _read_leaf(endpoint: Endpoint, sni: str, ctx: ssl.SSLContext,
+                     timeout: float) -> bytes:
+    writer: asyncio.StreamWriter | None = None
+    try:
+        if endpoint.scheme in ("https", "tls"):
+            _, writer = await asyncio.open_connection(
+                endpoint.host, endpoint.port, ssl=ctx, server_hostname=sni,
+                ssl_handshake_timeout=timeout, limit=_LINE_LIMIT)
+        else:
+            reader, writer = await asyncio.open_connection(
+                endpoint.host, endpoint.port, limit=_LINE_LIMIT)
+            if endpoint.scheme == "smtp":
+                await _smtp_starttls(reader, writer)
+            else:
+                await _imap_starttls(reader, writer)
+            await writer.start_tls(ctx, server_hostname=sni, ssl_handshake_timeout=timeout)
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+        if not der:
+            raise ProbeError("the server sent no certificate")
+        return bytes(der)
     finally:
         if writer is not None:
             # abort, not close: a polite TLS shutdown would wait on a peer that may never

@@ -37,6 +37,7 @@ HTTPS_PORT = 9443 + PORT_OFFSET
 SMTP_PORT, IMAP_PORT, TLS_PORT = 9025 + PORT_OFFSET, 9143 + PORT_OFFSET, 9993 + PORT_OFFSET
 GARBAGE_PORT, SILENT_PORT, DOWN_PORT = (9994 + PORT_OFFSET, 9995 + PORT_OFFSET,
                                         9996 + PORT_OFFSET)
+TLS13_PORT, RSA_ONLY_PORT = 9997 + PORT_OFFSET, 9998 + PORT_OFFSET
 ADDRESS = "127.0.0.1"
 TAGS = {"rsa": "rsa2048", "ec": "prime256v1"}
 # Short enough that a check that cannot succeed ends quickly, long enough for nginx to
@@ -283,6 +284,8 @@ def test_starttls_tls_and_hostile_endpoints(
         for mode, port in (("smtp", SMTP_PORT), ("imap", IMAP_PORT), ("tls", TLS_PORT),
                            ("garbage", GARBAGE_PORT), ("silent", SILENT_PORT)):
             stack.enter_context(StartTlsServer(ADDRESS, port, mode, {name: pairs}))
+        stack.enter_context(StartTlsServer(ADDRESS, TLS13_PORT, "tls13", {name: pairs}))
+        stack.enter_context(StartTlsServer(ADDRESS, RSA_ONLY_PORT, "tls", {name: pairs[:1]}))
         result = run_lematt("--test", "--config", conf, "--json", tmp_path / "run.json")
         assert result.returncode == 0, result.stderr
         checks = verify_steps(tmp_path / "run.json")
@@ -293,7 +296,8 @@ def test_starttls_tls_and_hostile_endpoints(
         # Hostile and absent endpoints: each is one failure line, within verifyTimeout.
         write_actions(tmp_path, {"default": {"update": ["true"], "verify": [
             f"tls://{ADDRESS}:{GARBAGE_PORT}", f"tls://{ADDRESS}:{SILENT_PORT}",
-            f"https://{ADDRESS}:{DOWN_PORT}", f"smtp://{ADDRESS}:{IMAP_PORT}"]}})
+            f"https://{ADDRESS}:{DOWN_PORT}", f"smtp://{ADDRESS}:{IMAP_PORT}",
+            f"tls://{ADDRESS}:{TLS13_PORT}", f"tls://{ADDRESS}:{RSA_ONLY_PORT}"]}})
         alone = run_lematt("--test", "verify", "--config", conf, "--json",
                            tmp_path / "v.json")
     assert alone.returncode == 1, alone.stderr
@@ -303,5 +307,19 @@ def test_starttls_tls_and_hostile_endpoints(
     assert "no TLS handshake within" in errors[f"tls://{ADDRESS}:{SILENT_PORT}"]
     assert "cannot connect" in errors[f"https://{ADDRESS}:{DOWN_PORT}"]
     assert "not an SMTP reply" in errors[f"smtp://{ADDRESS}:{IMAP_PORT}"]
-    assert not any(r["matched"] or r["served"] for r in results)
-    assert alone.stderr.count("FAILED: [default] verify:") == 8
+    # The server that has no EC certificate refuses the ECDSA suites: said so for EC only.
+    rsa_only = {r["key_type"]: r for r in results
+                if r["endpoint"] == f"tls://{ADDRESS}:{RSA_ONLY_PORT}"}
+    assert rsa_only["rsa"]["matched"]
+    assert "refused every ECDHE-ECDSA suite" in rsa_only["ec"]["error"]
+    # A TLS 1.3-only server is read once more in TLS 1.3: the one certificate it chose is
+    # checked, the other key type is reported as not askable.
+    tls13 = {r["key_type"]: r for r in results
+             if r["endpoint"] == f"tls://{ADDRESS}:{TLS13_PORT}"}
+    assert sorted(r["matched"] for r in tls13.values()) == [False, True]
+    assert "speaks only TLS 1.3" in next(r["error"] for r in tls13.values()
+                                         if not r["matched"])
+    others = [r for r in results if r["endpoint"] not in (
+        f"tls://{ADDRESS}:{RSA_ONLY_PORT}", f"tls://{ADDRESS}:{TLS13_PORT}")]
+    assert not any(r["matched"] or r["served"] for r in others)
+    assert alone.stderr.count("FAILED: [default] verify:") == 8 + 2
