@@ -104,10 +104,12 @@ async def _verify(check: Check, timeout: float) -> VerifyResult:
     spacing = timeout / TRIES
     served: Served | None = None
     error: str | None = None
+    tries = 0
     for attempt in range(TRIES):
         remaining = deadline - anyio.current_time()
         if remaining <= 0:
             break
+        tries += 1
         # One try may take half the window: a silent endpoint still gets a second try.
         try:
             der = await served_leaf(check.endpoint, check.name, check.key_type,
@@ -127,5 +129,7 @@ async def _verify(check: Check, timeout: float) -> VerifyResult:
         wait = begun + spacing * (attempt + 1) - anyio.current_time()
         if wait > 0 and anyio.current_time() + wait < deadline:
             await anyio.sleep(wait)
+    if error is not None:
+        error += f" ({tries} {'try' if tries == 1 else 'tries'} in {timeout:g} s)"
     return VerifyResult(endpoint, check.name, check.key_type, False, check.expected,
                         served, error)

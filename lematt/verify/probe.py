@@ -93,7 +93,7 @@ async def served_leaf(endpoint: Endpoint, sni: str, key_type: KeyType,
                                  f"{served_type.upper()}")
             return der
     except TimeoutError:
-        raise ProbeError(f"no TLS handshake within {timeout:g} s") from None
+        raise ProbeError(f"no TLS handshake within {round(timeout, 1):g} s") from None
     except ssl.SSLError as exc:
         reason = printable(exc.reason or str(exc), 200)
         if exc.reason in _NO_SHARED_SUITE:
@@ -104,7 +104,9 @@ async def served_leaf(endpoint: Endpoint, sni: str, key_type: KeyType,
     except (asyncio.IncompleteReadError, ConnectionResetError):
         raise ProbeError(f"the server closed the connection (asked for {sni}, "
                          f"{_SUITES[key_type]} suites)") from None
-    except (ConnectionRefusedError, socket.gaierror) as exc:
+    except ConnectionRefusedError:
+        raise ProbeError("cannot connect: connection refused") from None
+    except socket.gaierror as exc:
         raise ProbeError(f"cannot connect: {printable(exc.strerror or str(exc), 200)}") \
             from None
     except OSError as exc:
