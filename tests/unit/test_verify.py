@@ -225,3 +225,47 @@ def test_result_lines_and_json() -> None:
 
 def test_settings_verify_timeout_default() -> None:
     assert Settings(conf_dir=Path("c"), account_key=Path("a")).verify_timeout == 10.0
+
+
+def test_a_check_is_tried_again_until_the_endpoint_serves_the_stored_leaf(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anyio
+
+    from lematt.crypto import leaf_der
+    from lematt.verify import checks as checks_mod
+
+    conf = write_conf(tmp_path, '[default]\nupdate: ["true"]\nverify: ["https://web.test"]\n',
+                      domains="www.example.com\n")
+    config = load(conf)
+    layout = Layout(config.settings, test=True)
+    store_pair(layout, config, "www.example.com", "ec")
+    (check,) = checks_for(config.actions, config.lines, ("ec",), layout, lambda s: True)
+    stored_der = leaf_der(layout.paths(config.lines[0], "ec").cert.read_bytes())
+    now = datetime.now(UTC)
+    old_key = load_private_key(generate_private_pem("ec"))
+    old_der = leaf_der(LocalCA().issue(old_key, ("www.example.com",), now, now))
+    answers: list[bytes | None] = []
+
+    async def fake_leaf(endpoint: Endpoint, sni: str, key_type: str, timeout: float) -> bytes:
+        assert (sni, key_type) == ("www.example.com", "ec") and timeout <= 3
+        answer = answers.pop(0) if answers else old_der
+        if answer is None:
+            raise ProbeError("cannot connect: connection refused")
+        return answer
+
+    monkeypatch.setattr(checks_mod, "served_leaf", fake_leaf)
+    # Down, then the old certificate, then the new one: a match.
+    answers[:] = [None, stored_der]
+    (result,) = anyio.run(checks_mod.run_checks, [check], 3.0)
+    assert result.matched and result.served == check.expected and not answers
+    # The old certificate all along: a mismatch naming what is served, after every try.
+    answers[:] = []
+    (result,) = anyio.run(checks_mod.run_checks, [check], 0.5)
+    assert not result.matched and result.error is None
+    assert result.served is not None and result.served != check.expected
+    # Down all along: the error, with the tries it took.
+    answers[:] = [None] * checks_mod.TRIES
+    (result,) = anyio.run(checks_mod.run_checks, [check], 0.5)
+    assert not result.matched and result.served is None
+    assert result.error is not None and result.error.startswith(
+        "cannot connect: connection refused (") and "in 0.5 s)" in result.error
