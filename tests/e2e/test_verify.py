@@ -29,8 +29,9 @@ from lematt.crypto import (
     private_key_pem,
 )
 from lematt.testing.certs import LocalCA
+from lematt.testing.sshd import ClientKit
 from lematt.testing.starttls import StartTlsServer
-from tests.e2e.conftest import PORT_OFFSET, REPO_ROOT, MakeConf, RunLematt
+from tests.e2e.conftest import PORT_OFFSET, REPO_ROOT, MakeConf, RunLematt, SshdHostFactory
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 HTTPS_PORT = 9443 + PORT_OFFSET
@@ -230,6 +231,42 @@ def test_reload_that_does_nothing_stays_owed_until_fixed(
     assert alone.stdout.count("serves the stored certificate") == 2
     unknown = run_lematt("--test", "verify", "other.verify.test", "--config", conf)
     assert unknown.returncode == 2 and "on no line of the domains file" in unknown.stderr
+
+
+def test_checks_follow_the_ssh_host_that_reloads(
+        tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt,
+        nginx: Callable[[list[str]], Nginx], sshd_host: SshdHostFactory,
+        ssh_client_kit: ClientKit) -> None:
+    name = "ssh.verify.test"
+    rig = nginx([name])
+    host = sshd_host("127.0.0.2")
+    endpoint = f"https://{ADDRESS}:{HTTPS_PORT}"
+    conf = make_conf(tmp_path, f"{name}\n", extra_conf={
+        "verifyTimeout": VERIFY_TIMEOUT, "sshConfig": ssh_client_kit.ssh_config})
+    # Files copied locally, the reload over SSH: the check belongs to the SSH host, so a
+    # failed check leaves that host owed and the local uploads done.
+    actions = {"uploadCerts": [f"cp CERTS {rig.certs}/"],
+               "uploadKeys": [f"cp KEYS {rig.keys}/"],
+               "update": [{"ssh": host.alias, "run": "true"}], "verify": [endpoint]}
+    write_actions(tmp_path, {"default": actions})
+    first = run_lematt("--test", "--config", conf, "--json", tmp_path / "run1.json")
+    assert first.returncode == 1, first.stderr
+    ssh_host = f"[127.0.0.2]:{host.port}"
+    steps = json.loads((tmp_path / "run1.json").read_text())["actions"]
+    assert {(s["kind"], s["host"], s["ok"]) for s in steps} == {
+        ("uploadCerts", "local", True), ("uploadKeys", "local", True),
+        ("update", ssh_host, True), ("verify", ssh_host, False)}
+    assert f"deploy to {ssh_host} is pending" in first.stderr
+    assert "deploy to local is pending" not in first.stderr
+
+    actions["update"] = [{"ssh": host.alias, "run": rig.reload_command}]
+    write_actions(tmp_path, {"default": actions})
+    second = run_lematt("--test", "--config", conf, "--json", tmp_path / "run2.json")
+    assert second.returncode == 0, second.stderr
+    steps = json.loads((tmp_path / "run2.json").read_text())["actions"]
+    assert [(s["kind"], s["host"]) for s in steps] == [
+        ("update", ssh_host), ("verify", ssh_host), ("verify", ssh_host)]
+    assert all(s["ok"] for s in steps)
 
 
 def test_kill_while_verifying_leaves_the_deploy_owed(
