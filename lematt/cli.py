@@ -1,6 +1,7 @@
 """Command line: ``lematt (--test | --prod) [--config PATH] [--parallel N] [--processes N]
 [--deadline SECONDS] [--cron] [--json PATH] [--debug]`` (the run), and the commands
-``lematt account show|update-contact|rollover|deactivate`` and ``lematt revoke NAME...``.
+``lematt account show|update-contact|rollover|deactivate``, ``lematt revoke NAME...`` and
+``lematt verify [NAME...]`` (exit 1: an endpoint does not serve the stored certificate).
 
 Contract: ``main(argv)`` returns the exit status and never raises for expected problems:
 0 every certificate current or renewed and every action succeeded (a command: done); 1 some
@@ -128,6 +129,19 @@ def _revoke_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
                         help="RFC 5280 reason (default: %(default)s)")
     revoke.add_argument("--key-type", choices=("rsa", "ec"),
                         help="only this key type's certificate (default: every keyTypes)")
+
+
+def _verify_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    verify = sub.add_parser("verify", help="check that the endpoints of the actions' verify "
+                            "lists serve the stored certificates", description="Connect to "
+                            "every endpoint of the actions' verify lists and compare the "
+                            "certificate it serves, RSA and EC, with the stored one (only for "
+                            "the domains lines that carry NAME, when given). Exit 0: all "
+                            "match; 1: a mismatch or an endpoint that did not answer.")
+    _common(verify, top=False)
+    verify.add_argument("names", nargs="*", metavar="NAME", help="any name of a domains line")
+    verify.add_argument("--json", type=Path, metavar="PATH", default=argparse.SUPPRESS,
+                        help="also write the results as JSON to PATH")
 
 
 # The RFC 5280 reasons a subscriber may give (lematt.acme.client.REVOCATION_REASONS), spelled
@@ -320,12 +334,24 @@ async def _revoke(env: OrderEnv, args: argparse.Namespace) -> int:
     return await manage.revoke(env, args.names, args.reason, key_types)
 
 
+async def _verify(env: OrderEnv, args: argparse.Namespace) -> int:
+    from lematt.errors import ConfigError
+    from lematt.verify.command import verify_stored
+
+    problem = _json_target_problem(args.json) if args.json is not None else None
+    if problem is not None:
+        raise ConfigError(f"--json {args.json}: {problem}")
+    return await verify_stored(env.config, env.store.layout, env.reporter, args.names,
+                               args.json)
+
+
 Handler = Callable[["OrderEnv", argparse.Namespace], Awaitable[int]]
 # command name -> (adds its parser to the subparsers, runs it). Later commands (status,
 # plan) slot in here the same way.
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction[_Parser]], None], Handler]] = {
     "account": (_account_parser, _account),
     "revoke": (_revoke_parser, _revoke),
+    "verify": (_verify_parser, _verify),
 }
 
 

@@ -69,6 +69,7 @@ KNOWN_KEYS = (
     "eabHmacKeyFile",
     "agreeTermsOfService",
     "preferredChain",
+    "verifyTimeout",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -197,6 +198,7 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "eabHmacKeyFile": ("eab_hmac_key", lambda v: _hmac_key_file(as_path(v))),
         "agreeTermsOfService": ("agree_terms_of_service", to_bool),
         "preferredChain": ("preferred_chain", _printable),
+        "verifyTimeout": ("verify_timeout", _positive_seconds),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)

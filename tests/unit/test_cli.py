@@ -54,5 +54,13 @@ def test_usage_errors_exit_2(argv: tuple[str, ...], capsys: pytest.CaptureFixtur
 
 
 def test_every_command_has_a_parser_and_a_handler() -> None:
-    assert set(COMMANDS) == {"account", "revoke"}
+    assert set(COMMANDS) == {"account", "revoke", "verify"}
     assert all(callable(b) and callable(h) for b, h in COMMANDS.values())
+
+
+def test_verify_arguments() -> None:
+    args = parse("verify", "a.example.com", "--test", "--json", "out.json")
+    assert (args["names"], args["test"], args["json"]) == (["a.example.com"], True,
+                                                           Path("out.json"))
+    args = parse("--prod", "--json", "v.json", "verify")
+    assert (args["names"], args["test"], args["json"]) == ([], False, Path("v.json"))
