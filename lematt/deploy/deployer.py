@@ -9,6 +9,8 @@ deploy may need it). A host whose
 deploy failed is remembered in the store's pending file with the lines it still owes, and the
 next run retries exactly that host - also when no certificate is due then - without ordering
 anything again. A host that succeeds is cleared. Local shell strings form the host "local".
+``defer(renewed)`` runs nothing and records the renewed lines as owed instead
+(``--no-deploy``); ``plan(renewed)`` is what ``run`` would do, without doing it.
 """
 
 from __future__ import annotations
@@ -111,8 +113,6 @@ class Deployer:
                                      and known[n] not in renewed]
             steps = self._plan(lines).get(host)
             if steps:
-                if host not in plans and not renewed:
-                    self.reporter.change(f"retrying the pending deploy to {host}")
                 plans[host] = steps
             else:
                 void.append(host)
@@ -131,10 +131,29 @@ class Deployer:
                 owed.append(line.names)
         return owed
 
+    def defer(self, renewed: Sequence[CertLine]) -> None:
+        """Deploy nothing now (``--no-deploy``): every host ``renewed`` deploys to is
+        recorded as owed those lines, beside what it was owed already, for the next run."""
+        if not renewed:
+            return
+        pending = {host: list(owed) for host, owed in self._pending.items()}
+        for line in renewed:
+            for host in self._plan([line]):
+                owed = pending.setdefault(host, [])
+                if line.names not in owed:
+                    owed.append(line.names)
+        for host, owed in pending.items():
+            if len(owed) != len(self._pending.get(host, ())):
+                self.reporter.change(f"not deployed (--no-deploy): {host} is owed "
+                                     f"{len(owed)} line(s); the next run deploys them")
+        self.store.pending.save(pending)
+
     # -- running --------------------------------------------------------------------------
     async def run(self, renewed: Sequence[CertLine]) -> DeployReport:
         report = DeployReport()
         plans, void = self.plan(renewed)
+        for host in plans if not renewed else ():
+            self.reporter.change(f"retrying the pending deploy to {host}")
         if not plans:
             if void:
                 self.store.pending.save({})  # only void debts were left
