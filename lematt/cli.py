@@ -458,12 +458,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lematt import config as config_mod
     from lematt.errors import ConfigError, LemattError
     from lematt.model import Failure, RunResult
+    from lematt.progress import Progress
     from lematt.report import Reporter
     from lematt.run import Options
     from lematt.survey import select_lines
     from lematt.tuning import fewer_gc_passes
 
-    reporter = Reporter(cron=args.cron, debug=args.debug, test=args.test)
+    # The live status line: only for a person watching a terminal (not under --cron, and
+    # not when the JSON summary goes to the same place).
+    live = Progress.on_terminal(sys.stderr, not args.cron and str(args.json) != "-")
+    reporter = Reporter(cron=args.cron, debug=args.debug, test=args.test, live=live)
     try:
         config = config_mod.load(_config_path(args))
         select_lines(config.lines, args.only)  # an unknown name: usage error, exit 2

@@ -117,6 +117,8 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
         if jobs:
             check_before_ordering(env, book.ca(env.directory_url))
         async with contextlib.AsyncExitStack() as stack:
+            # The terminal's status line stays fresh while orders and deploys run.
+            await stack.enter_async_context(reporter.live.running())
             # One SSH pool for the run: forwarders during the orders and deploys after them
             # share connections to the same hosts.
             pool = None

@@ -160,18 +160,28 @@ class Deployer:
             return report
         results: dict[str, list[HostStep]] = {}
         limiter = anyio.CapacityLimiter(self.config.settings.parallel_hosts)
+        live = self.reporter.live  # the terminal's status line, if there is one
+        live.deploy_begin({host: len(steps) for host, steps in plans.items()})
+
+        async def execute(step: Step) -> CommandResult | None:
+            try:
+                return await self._execute(step)
+            finally:
+                live.step_done(step.host)
 
         async def host_task(host: str, steps: list[Step]) -> None:
             async with limiter:
                 begun = anyio.current_time()
-                results[host] = await run_host(self._execute, steps)
+                results[host] = await run_host(execute, steps)
                 report.host_seconds[host] = anyio.current_time() - begun
+                live.host_done(host, all(h.ok for h in results[host]))
 
         started = anyio.current_time()
         async with anyio.create_task_group() as tg:
             for host, steps in plans.items():
                 tg.start_soon(host_task, host, steps)
         report.wall_seconds = anyio.current_time() - started
+        live.deploy_end()
         report.steps = self._finish(plans, results, renewed, void)
         return report
 
