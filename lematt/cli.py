@@ -405,13 +405,21 @@ async def _plan(env: OrderEnv, args: argparse.Namespace) -> int:
     result = await preview.preview(env.config, env.store, datetime.now(UTC),
                                    only=tuple(args.only), force=args.force,
                                    no_deploy=args.no_deploy)
-    if args.plan_json:
-        print(json.dumps(preview.to_json(result), indent=2, sort_keys=True))
-    else:
-        for warning in result.warnings:
-            env.reporter.warn(warning)
-        for line in preview.lines(result):
-            env.reporter.change(line)
+    try:
+        if args.plan_json:
+            print(json.dumps(preview.to_json(result), indent=2, sort_keys=True), flush=True)
+        else:
+            for warning in result.warnings:
+                env.reporter.warn(warning)
+            for line in preview.lines(result):
+                env.reporter.change(line)
+    except BrokenPipeError:
+        # `lematt plan | head`: the reader is gone. Quietly, as Python's own docs advise:
+        # stdout points at /dev/null so that the flush at exit does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_FAILED
     return EXIT_OK
 
 
