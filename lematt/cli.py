@@ -82,7 +82,7 @@ def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
                       help="use the test CA (directoryTest) and the test/ tree", **keep)
     mode.add_argument("--prod", dest="test", action="store_const", const=False,
                       help="use the production CA (directoryProd) and the prod/ tree", **keep)
-    p.add_argument("--config", type=Path, **({"default": None} | keep),
+    p.add_argument("--config", type=Path, metavar="PATH", **({"default": None} | keep),
                    help="lematt.conf; domains and actions.conf are read from its directory "
                         "(default: $LEMATT_CONFIG, else ./conf/lematt.conf, else "
                         "/etc/lematt/lematt.conf)")
@@ -130,7 +130,7 @@ examples:
   lematt --prod --only www.example.com --force
                                             renew that line's certificates now
   lematt --prod --no-deploy                 renew what is due; deploy at the next run
-  lematt --prod status                      one row per certificate (if installed)
+  lematt --prod status                      one row per certificate, from the tree alone
   lematt --prod account show                the ACME account of accountKey
   lematt --prod revoke www.example.com --reason keyCompromise
 
