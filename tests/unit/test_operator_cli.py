@@ -212,3 +212,19 @@ def test_lookup_order_config_then_env_then_cwd(
     monkeypatch.setenv(ENV_VAR, str(tmp_path / "gone.conf"))
     assert main(["--test", "plan"]) == 2
     assert "gone.conf" in capsys.readouterr().err
+
+
+def test_plan_says_when_a_run_first_finishes_an_interrupted_store(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from lematt.store.journal import Journal
+
+    conf = write_conf(tmp_path / "conf")
+    store = store_current(conf)
+    assert main(["--test", "plan", "--config", str(conf), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["interrupted_store"] is False
+    Journal(store.journal_dir / "pending").write({"renames": [], "links": [], "certs": ["x"]})
+    before = snapshot(tmp_path)
+    assert main(["--test", "plan", "--config", str(conf)]) == 0
+    assert "a run first completes a store an earlier run was interrupted in" in (
+        capsys.readouterr().out)
+    assert snapshot(tmp_path) == before  # plan does not finish it: the run does
