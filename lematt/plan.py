@@ -122,9 +122,10 @@ def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime,
 def plan(settings: Settings, lines: tuple[CertLine, ...],
          found: Mapping[tuple[int, KeyType], Found], now: datetime,
          states: Mapping[tuple[int, KeyType], CertState] | None = None,
-         default: CertState | None = None) -> list[Job]:
+         default: CertState | None = None, force: str | None = None) -> list[Job]:
     """``default``: the state of every certificate with a certID that ``states`` does not
-    name (``store.renewal.states_for``: one state standing for all while none is due)."""
+    name (``store.renewal.states_for``: one state standing for all while none is due).
+    ``force``: every pair of ``lines`` is due, with this reason where no rule makes it so."""
     jobs: list[Job] = []
     states = states or {}
     now_ts = now.timestamp()
@@ -136,7 +137,7 @@ def plan(settings: Settings, lines: tuple[CertLine, ...],
             if kept is None and default is not None and state.cert is not None \
                     and state.cert.cert_id:
                 kept = default
-            reason = due_reason(settings, line, state, now, kept, now_ts)
+            reason = due_reason(settings, line, state, now, kept, now_ts) or force
             if reason is not None:
                 cert_id = state.cert.cert_id if state.cert is not None else ""
                 jobs.append(Job(line, key_type, reason, state, replaces=cert_id or None,

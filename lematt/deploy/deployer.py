@@ -12,6 +12,8 @@ anything again. A host that succeeds is cleared. Local shell strings form the ho
 Once a host's steps all succeeded, the ``verify`` endpoints of the sections it updates are
 checked for the lines it deployed (``lematt.verify``): each check is a "verify" step, and an
 endpoint that does not serve the stored certificate fails the host like a failed update.
+``defer(renewed)`` runs nothing and records the renewed lines as owed instead
+(``--no-deploy``); ``plan(renewed)`` is what ``run`` would do, without doing it.
 """
 
 from __future__ import annotations
@@ -116,8 +118,6 @@ class Deployer:
             steps = self._plan(lines).get(host)
             self._host_lines[host] = lines
             if steps:
-                if host not in plans and not renewed:
-                    self.reporter.change(f"retrying the pending deploy to {host}")
                 plans[host] = steps
             else:
                 void.append(host)
@@ -136,31 +136,60 @@ class Deployer:
                 owed.append(line.names)
         return owed
 
+    def defer(self, renewed: Sequence[CertLine]) -> None:
+        """Deploy nothing now (``--no-deploy``): every host ``renewed`` deploys to is
+        recorded as owed those lines, beside what it was owed already, for the next run."""
+        if not renewed:
+            return
+        pending = {host: list(owed) for host, owed in self._pending.items()}
+        for line in renewed:
+            for host in self._plan([line]):
+                owed = pending.setdefault(host, [])
+                if line.names not in owed:
+                    owed.append(line.names)
+        for host, owed in pending.items():
+            if len(owed) != len(self._pending.get(host, ())):
+                self.reporter.change(f"not deployed (--no-deploy): {host} is owed "
+                                     f"{len(owed)} line(s); the next run deploys them")
+        self.store.pending.save(pending)
+
     # -- running --------------------------------------------------------------------------
     async def run(self, renewed: Sequence[CertLine]) -> DeployReport:
         report = DeployReport()
         plans, void = self.plan(renewed)
+        for host in plans if not renewed else ():
+            self.reporter.change(f"retrying the pending deploy to {host}")
         if not plans:
             if void:
                 self.store.pending.save({})  # only void debts were left
             return report
         results: dict[str, list[HostStep]] = {}
         limiter = anyio.CapacityLimiter(self.config.settings.parallel_hosts)
+        live = self.reporter.live  # the terminal's status line, if there is one
+        live.deploy_begin({host: len(steps) for host, steps in plans.items()})
+
+        async def execute(step: Step) -> CommandResult | None:
+            try:
+                return await self._execute(step)
+            finally:
+                live.step_done(step.host)
 
         async def host_task(host: str, steps: list[Step]) -> None:
             async with limiter:
                 begun = anyio.current_time()
-                results[host] = await run_host(self._execute, steps)
+                results[host] = await run_host(execute, steps)
                 if all(h.ok for h in results[host]):
                     results[host] += await self._verify(
                         host, self._host_lines.get(host, list(renewed)))
                 report.host_seconds[host] = anyio.current_time() - begun
+                live.host_done(host, all(h.ok for h in results[host]))
 
         started = anyio.current_time()
         async with anyio.create_task_group() as tg:
             for host, steps in plans.items():
                 tg.start_soon(host_task, host, steps)
         report.wall_seconds = anyio.current_time() - started
+        live.deploy_end()
         report.steps = self._finish(plans, results, renewed, void)
         return report
 
