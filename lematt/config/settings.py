@@ -70,6 +70,7 @@ KNOWN_KEYS = (
     "agreeTermsOfService",
     "preferredChain",
     "allowGroupWritable",
+    "verifyTimeout",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -199,6 +200,7 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "agreeTermsOfService": ("agree_terms_of_service", to_bool),
         "preferredChain": ("preferred_chain", _printable),
         "allowGroupWritable": ("allow_group_writable", to_bool),
+        "verifyTimeout": ("verify_timeout", _positive_seconds),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)

@@ -8,11 +8,17 @@ hosts its actions name now (``deploy.plan.hosts_for``); ``renewed`` only decides
 are announced as retries. Hosts run concurrently (at most ``parallelHosts``), each host's
 steps in order (``deploy.hosts.run_host``; its SFTP uploads staged together and renamed in
 one final batch). SSH steps use the run's ``pool`` (the run opens it whenever a deploy may
-need it). Afterwards the pending file keeps, per line, exactly the hosts whose uploads or
-updates did not all succeed; the next run retries those hosts - also when no certificate is
-due then - without ordering anything again. A host is cleared only when all its steps
-succeeded; a debt to a host or line the config no longer has is dropped. Local shell strings
-form the host "local".
+need it). Once a host's steps all succeeded, the ``verify`` endpoints of the sections it
+updates are checked for the lines it deployed (``lematt.verify``): each check is a "verify"
+step, and an endpoint that does not serve the stored certificate fails the host like a
+failed update. Afterwards the pending file keeps, per line, exactly the hosts whose uploads,
+updates or checks did not all succeed; the next run retries those hosts - also when no
+certificate is due then - without ordering anything again. A host is cleared only when all
+its steps succeeded; a debt to a host or line the config no longer has is dropped. Local
+shell strings form the host "local".
+``defer(renewed)`` runs nothing (``--no-deploy``): the renewed pairs' commits already wrote
+their debts down, so it only says which hosts the next run deploys to; ``plan(renewed)`` is
+what ``run`` would do, without doing it.
 """
 
 from __future__ import annotations
@@ -24,14 +30,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from lematt.config import Config
+from lematt.config import Config, Section, SshRun, SshUpload
 from lematt.deploy.files import upload_files
 from lematt.deploy.hosts import HostStep, run_host
 from lematt.deploy.plan import LOCAL, Step, deploy_plan, hosts_for
 from lematt.errors import ConfigError, RemoteError
 from lematt.execution import CommandResult
 from lematt.execution.local import LocalRunner
-from lematt.model import CertLine, StepOutcome
+from lematt.model import CertLine, Failure, FailureKind, StepOutcome
 from lematt.report import Reporter
 from lematt.store.pending import Names, Owed
 from lematt.store.tree import Store
@@ -65,6 +71,7 @@ class Deployer:
         self._unresolvable: dict[str, str] = {}
         self._files_for = functools.partial(upload_files, store.layout,
                                             config.settings.key_types)
+        self._host_lines: dict[str, list[CertLine]] = {}  # lines a pending host is owed
 
     # -- destinations ---------------------------------------------------------------------
     def _resolve(self, written: str) -> str:
@@ -124,7 +131,10 @@ class Deployer:
         known = self._lines_by_names()
         targets: Targets = {}
         host_lines: dict[str, list[CertLine]] = {}
-        for names, owed_hosts in self._pending.items():
+        # A renewed line owes every host (its commit wrote that down; ``lematt plan`` asks
+        # before any commit).
+        debts = {**self._pending, **{line.names: None for line in renewed}}
+        for names, owed_hosts in debts.items():
             line = known.get(names)
             if line is None:
                 continue
@@ -142,39 +152,100 @@ class Deployer:
         for hosts in groups.values():
             steps = self._plan(host_lines[hosts[0]])
             plans.update((host, steps[host]) for host in hosts if steps.get(host))
-        fresh = {line.names for line in renewed}
-        for host in plans:
-            if any(line.names not in fresh for line in host_lines[host]):
-                self.reporter.change(f"retrying the pending deploy to {host}")
+        self._host_lines = host_lines  # what each host is owed, and its verify checks
         return plans, targets
 
     def _plan(self, lines: Sequence[CertLine]) -> dict[str, list[Step]]:
         return deploy_plan(self.config.actions, lines, self.store.layout, self._resolve,
                            self._files_for)
 
+    def owed_hosts(self, lines: Sequence[CertLine]) -> dict[str, list[CertLine]]:
+        """Per host, the lines of ``lines`` that deploy to it (config order of hosts)."""
+        by_host: dict[str, list[CertLine]] = {}
+        for line in lines:
+            for host in hosts_for(self.config.actions, line, self._resolve):
+                by_host.setdefault(host, []).append(line)
+        return by_host
+
+    def defer(self, renewed: Sequence[CertLine]) -> None:
+        """Deploy nothing now (``--no-deploy``). Each renewed pair's commit already recorded
+        the deploy it owes (``lematt.store.pending``), so nothing is written here: this only
+        says which hosts the next run deploys to."""
+        for host, lines in self.owed_hosts(renewed).items():
+            self.reporter.change(f"not deployed (--no-deploy): {host} is owed "
+                                 f"{len(lines)} line(s); the next run deploys them")
+
     # -- running --------------------------------------------------------------------------
     async def run(self, renewed: Sequence[CertLine]) -> DeployReport:
         report = DeployReport()
         plans, targets = self.plan(renewed)
+        fresh = {line.names for line in renewed}
+        for host in plans:
+            if any(line.names not in fresh for line in self._host_lines[host]):
+                self.reporter.change(f"retrying the pending deploy to {host}")
         if not plans:
             self.store.pending.settle(self._pending, {})  # only void debts were left
             return report
         results: dict[str, list[HostStep]] = {}
         limiter = anyio.CapacityLimiter(self.config.settings.parallel_hosts)
+        live = self.reporter.live  # the terminal's status line, if there is one
+        live.deploy_begin({host: len(steps) for host, steps in plans.items()})
+
+        async def execute(step: Step) -> CommandResult | None:
+            try:
+                return await self._execute(step)
+            finally:
+                live.step_done(step.host)
+
+        async def upload_together(steps: list[Step]) -> None:
+            try:
+                await self._upload_together(steps)
+            finally:
+                for step in steps:
+                    live.step_done(step.host)
 
         async def host_task(host: str, steps: list[Step]) -> None:
             async with limiter:
                 begun = anyio.current_time()
-                results[host] = await run_host(self._execute, steps, self._upload_together)
+                results[host] = await run_host(execute, steps, upload_together)
+                if all(h.ok for h in results[host]):
+                    results[host] += await self._verify(host, self._host_lines.get(host, []))
                 report.host_seconds[host] = anyio.current_time() - begun
+                live.host_done(host, all(h.ok for h in results[host]))
 
         started = anyio.current_time()
         async with anyio.create_task_group() as tg:
             for host, steps in plans.items():
                 tg.start_soon(host_task, host, steps)
         report.wall_seconds = anyio.current_time() - started
+        live.deploy_end()
         report.steps = self._finish(plans, results, targets)
         return report
+
+    # -- verifying ------------------------------------------------------------------------
+    def _section_hosts(self, section: Section) -> set[str]:
+        """The hosts after whose steps a section's endpoints are checked: those that run its
+        updates (the reload that makes a service serve the new files), else its uploads."""
+        entries: Sequence[object] = section.update or (*section.upload_certs,
+                                                       *section.upload_keys)
+        return {self._resolve(e.ssh) if isinstance(e, SshRun | SshUpload) else LOCAL
+                for e in entries}
+
+    async def _verify(self, host: str, lines: Sequence[CertLine]) -> list[HostStep]:
+        if not any(s.verify for s in self.config.actions.all_sections()):
+            return []
+        from lematt.verify.checks import checks_for, run_checks
+
+        checks = checks_for(self.config.actions, lines, self.config.settings.key_types,
+                            self.store.layout, lambda s: host in self._section_hosts(s))
+        steps = []
+        for check, result in zip(checks, await run_checks(
+                checks, self.config.settings.verify_timeout), strict=True):
+            failure = None if result.matched else Failure(FailureKind.DEPLOY,
+                                                          result.describe())
+            steps.append(HostStep(Step("verify", check.section, host, result.describe()),
+                                  None, failure, result))
+        return steps
 
     def _finish(self, plans: dict[str, list[Step]], results: dict[str, list[HostStep]],
                 targets: Targets) -> list[StepOutcome]:
