@@ -17,7 +17,7 @@ Every command takes ``--test | --prod``, ``--config`` and ``--debug`` like the r
 after its name (``lematt --test account show`` = ``lematt account show --test``). A command is
 an entry in ``COMMANDS`` with a parser builder and a handler; plain ``lematt --test`` (no
 command) is the run, unchanged. Without ``--config`` the run and every command look for
-lematt.conf as ``lematt.config.locate`` says (``$LEMATT_CONFIG``, ``./conf/lematt.conf``,
+lematt.conf as ``lematt.locate`` says (``$LEMATT_CONFIG``, ``./conf/lematt.conf``,
 ``/etc/lematt/lematt.conf``); none found is one line listing where, exit 2.
 """
 
@@ -447,7 +447,7 @@ async def _plan(env: OrderEnv, args: argparse.Namespace) -> int:
 
 
 def _config_path(args: argparse.Namespace) -> Path:
-    from lematt.config.locate import find_config
+    from lematt.locate import find_config
 
     return find_config(args.config, os.environ)
 

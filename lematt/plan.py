@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from lematt.config import Settings
-from lematt.model import CertInfo, CertLine, CertState, Found, Job, KeyType
+from lematt.model import CertInfo, CertLine, CertState, Found, Job, KeyType, RenewalWindow
 
 # Below this lifetime a third left is too little room for a failed run or two (a 6-day
 # certificate would have 2 days): renew at half of it instead.
@@ -183,12 +183,12 @@ def due_at(settings: Settings, line: CertLine, found: Found,
     """The moment (seconds since the epoch) from which ``due_reason`` names a reason for
     this pair if nothing but the clock changes; 0.0 when it is due whatever the time.
     Rule by rule the same decisions as ``due_reason`` (kept in step by
-    tests/unit/test_plan_due_at.py), so that a quiet run can say until when it stays quiet."""
+    tests/unit/test_plan_due_at.py), so that a quiet run can say until when it stays quiet.
+    Where rounding could tip ``due_reason`` either way (a value within a second of a
+    limit), the earlier moment is answered: early is only a full run too many."""
     cert = found.cert
     if cert is None or found.problem is not None or frozenset(line.names) != cert.names:
         return 0.0
-    not_before, not_after = cert.not_before.timestamp(), cert.not_after.timestamp()
-    moment = not_after  # expired
     window = None
     if state is not None:
         if state.revoked:
@@ -196,17 +196,30 @@ def due_at(settings: Settings, line: CertLine, found: Found,
         if state.profile is not None and state.profile != (line.profile or ""):
             return 0.0
         window = state.window
-        if window is not None and window.chosen >= not_after:
-            window = None  # not trusted with the certificate's life (see due_reason)
-        if window is not None:
-            moment = min(moment, window.end)
+    not_before, not_after = cert.not_before.timestamp(), cert.not_after.timestamp()
+    if window is not None and window.chosen >= not_after - 1.0:
+        # Not trusted with the certificate's life (see due_reason); at the limit itself,
+        # either way.
+        untrusted = _due_moment(settings, not_before, not_after, None)
+        if window.chosen >= not_after + 1.0:
+            return untrusted
+        return min(untrusted, _due_moment(settings, not_before, not_after, window))
+    return _due_moment(settings, not_before, not_after, window)
+
+
+def _due_moment(settings: Settings, not_before: float, not_after: float,
+                window: RenewalWindow | None) -> float:
+    moment = not_after  # expired
+    if window is not None:
+        moment = min(moment, window.end)
     lifetime = not_after - not_before
     part = 2 if lifetime < _SHORT_SECONDS else 3
     fallback = not_after - lifetime / part
     after = settings.generate_new_certs_after_days
     if after:
         moment = min(moment, not_before + after * 86400)
-        return moment if after * 86400 < lifetime else min(moment, fallback)
+        # Within a second of the lifetime, rounding decides which rule due_reason takes.
+        return moment if after * 86400 < lifetime - 1.0 else min(moment, fallback)
     if settings.reauthorize_days is not None:
         return min(moment, not_after - settings.reauthorize_days * 86400)
     if window is not None:

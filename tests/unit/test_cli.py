@@ -19,7 +19,7 @@ def test_the_plain_run_parses_as_before() -> None:
     assert args["command"] is None and args["test"] is True and args["cron"] is True
     assert args["config"] == Path("x/lematt.conf") and args["parallel"] == 5
     assert parse("--prod")["test"] is False
-    # Not given: looked up later (lematt.config.locate), so no default here.
+    # Not given: looked up later (lematt.locate), so no default here.
     assert parse("--prod")["config"] is None
 
 

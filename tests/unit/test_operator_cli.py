@@ -17,9 +17,9 @@ import lematt.execution.ssh_config  # noqa: F401
 from lematt import config as config_mod
 from lematt import crypto
 from lematt.cli import main
-from lematt.config.locate import ENV_VAR
 from lematt.deploy.deployer import Deployer
 from lematt.errors import ConfigError
+from lematt.locate import ENV_VAR
 from lematt.model import CertLine
 from lematt.report import Reporter
 from lematt.store.tree import Store

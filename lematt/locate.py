@@ -6,7 +6,9 @@ Contract: ``find_config(given, environ)`` returns the path to load. A path the u
 not: the loader's error then names it, and lematt never falls back to another conf dir (and
 so another certificate tree) than the one asked for. Otherwise the first of the default
 places that exists is returned; when none does, a ``ConfigError`` lists every place looked at.
-Pure but for the ``exists`` checks; no file is read.
+Pure but for the ``exists`` checks; no file is read. Outside the ``config`` package on
+purpose: a cron run that the quiet-run memo ends needs the path, not the config loader's
+imports (``lematt.store.quiet``).
 """
 
 from __future__ import annotations
