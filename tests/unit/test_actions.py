@@ -113,3 +113,39 @@ def test_local_and_ssh_runners_are_runners() -> None:
     destination = SshDestination.resolve("deploy@127.0.0.2:2222", None)
     assert isinstance(SshPool().runner(destination), Runner)
 
+
+def test_certs_name_the_real_files_and_only_the_lines_own_links(tmp_path: Path) -> None:
+    """What CERTS / KEYS stand for, on a stored tree: the regular file behind each upstream
+    name (in .pairs, under that same name) and the line's own per-name links; a name that
+    is also a single-name line stays that line's (its upstream name is a link into .pairs
+    too, and must never be sent as the SAN line's link)."""
+    from datetime import UTC, datetime
+
+    from lematt import crypto
+    from lematt.deploy.files import upload_files
+    from lematt.store.tree import Store
+    from lematt.testing.certs import LocalCA
+
+    settings = Settings(conf_dir=tmp_path, account_key=tmp_path / "k", key_types=("ec",))
+    store = Store(settings, test=False)
+    store.ensure_dirs()
+    single = CertLine(1, ("mail.example.com",))
+    san = CertLine(2, ("example.com", "mail.example.com", "www.example.com"))
+    for line in (single, san):
+        key = crypto.load_private_key(crypto.generate_private_pem("ec"))
+        store.commit(line, "ec", key_pem=crypto.private_key_pem(key),
+                     csr_pem=crypto.csr_pem(crypto.make_csr(key, line.names)),
+                     chain_pem=LocalCA().issue_days(key, line.names, datetime.now(UTC), 1))
+    files = upload_files(store.layout, ("ec",), [san], "uploadCerts", None)
+    main = store.layout.paths(san, "ec").cert
+    assert [f.name for f in files] == [main.name, "example.com-cert-combined.prime256v1.pem",
+                                       "www.example.com-cert-combined.prime256v1.pem"]
+    real = files[0]
+    assert real.local.name == main.name and real.symlink_target is None
+    assert real.local.parent.parent == store.root / ".pairs" and not real.local.is_symlink()
+    assert real.local.read_bytes() == main.read_bytes()
+    assert {f.symlink_target for f in files[1:]} == {main.name}
+    # The single line's own name is still its own file.
+    (only,) = upload_files(store.layout, ("ec",), [single], "uploadCerts", None)
+    assert only.name == "mail.example.com-cert-combined.prime256v1.pem"
+    assert only.local.read_bytes() == store.layout.paths(single, "ec").cert.read_bytes()
