@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from lematt.config import Config
     from lematt.errors import LemattError
-    from lematt.model import RunResult
+    from lematt.model import Failure, RunResult
     from lematt.orders.context import OrderEnv
     from lematt.report import Reporter
     from lematt.run import Options
@@ -158,7 +158,10 @@ def build_parser(commands: bool = True) -> argparse.ArgumentParser:
                    help="print nothing when nothing is due; else only renewals, actions "
                         "and failures")
     p.add_argument("--json", type=Path, metavar="PATH",
-                   help="also write a JSON summary of the run to PATH")
+                   help="also write a JSON summary of the run to PATH ('-': to stdout, "
+                        "and every other line to stderr); written on every exit")
+    p.add_argument("--log-file", type=Path, metavar="PATH",
+                   help="also append every line, timestamped, to PATH (created 0640)")
     if not commands:
         p.set_defaults(command=None)
         return p
@@ -169,8 +172,8 @@ def build_parser(commands: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-async def _run_until_signal(config: Config, options: Options,
-                            reporter: Reporter) -> RunResult | None:
+async def _run_until_signal(config: Config, options: Options, reporter: Reporter,
+                            result: RunResult | None = None) -> RunResult | None:
     """Run the engine; SIGINT (Ctrl-C), SIGTERM and SIGHUP cancel it, so that shielded
     cleanup (token files, prepare process groups, key workers, temp files) runs before the
     process exits. (Left to Python, SIGINT would raise KeyboardInterrupt wherever the loop
@@ -180,7 +183,7 @@ async def _run_until_signal(config: Config, options: Options,
     task group would otherwise wrap it in an ExceptionGroup)."""
     from lematt.run import run
 
-    return await _until_signal(run(config, options, reporter))
+    return await _until_signal(run(config, options, reporter, result))
 
 
 async def _until_signal(work: Awaitable[_R]) -> _R | None:
@@ -239,7 +242,7 @@ def _run_wide_error(exc: LemattError, debug: bool) -> int:
     """One line for an error that stopped a run or command, and its exit status."""
     from lematt.errors import ConfigError, LockError
 
-    print(f"lematt: {exc}", file=sys.stderr)
+    _say(f"lematt: {exc}")
     if debug:
         traceback.print_exception(exc)
     if isinstance(exc, LockError):
@@ -249,32 +252,19 @@ def _run_wide_error(exc: LemattError, debug: bool) -> int:
     return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
 
 
-def _write_json(path: Path, summary: dict[str, object], debug: bool) -> bool:
-    """Write the ``--json`` summary; a failure is one line on stderr and False."""
-    from lematt.errors import StoreError
-    from lematt.run import write_summary
-
-    try:
-        write_summary(path, summary)
-    except StoreError as exc:
-        print(f"lematt: {exc}", file=sys.stderr)
-        if debug:
-            traceback.print_exception(exc)
-        return False
-    return True
-
-
 def _command(args: argparse.Namespace) -> int:
     """Run a command (``lematt account ...``, ``lematt revoke ...``): load the config, run
     its handler until it ends or a signal stops it, map errors to exit statuses."""
     import anyio
 
     from lematt import config as config_mod
+    from lematt import logs
     from lematt.errors import LemattError
     from lematt.orders.context import OrderEnv
     from lematt.report import Reporter
     from lematt.store.tree import Store
 
+    logs.configure()
     reporter = Reporter(debug=args.debug, test=args.test)
     try:
         config = config_mod.load(args.config)
@@ -337,17 +327,111 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("one of the arguments --test --prod is required")
     if args.command is not None:
         return _command(args)
-    if args.json is not None:
+    if args.json is not None and str(args.json) != "-":
         problem = _json_target_problem(args.json)
         if problem is not None:
             print(f"lematt: --json {args.json}: {problem}", file=sys.stderr)
             return EXIT_USAGE
+    from lematt import logs
+
+    log_fd = None
+    if args.log_file is not None:
+        try:
+            log_fd = logs.open_log_file(args.log_file)
+        except OSError as exc:
+            print(f"lematt: --log-file {args.log_file}: {exc.strerror or exc}; create its "
+                  "directory, or name a file this user may write", file=sys.stderr)
+            return EXIT_USAGE
+    logs.configure(log_file=args.log_file, log_fd=log_fd,
+                   stdout_to_stderr=str(args.json) == "-")
+    return _run_with_records(args)
+
+
+def _say(message: str) -> None:
+    """One error line through the ``lematt`` logger (timestamps, journal priority, log file)."""
+    import logging
+
+    logging.getLogger("lematt").error("%s", message)
+
+
+def _run_with_records(args: argparse.Namespace) -> int:
+    """The run, and on every way it ends the summary and the notify hooks (lematt.records)."""
+    from datetime import UTC, datetime
+
+    from lematt.model import Failure, FailureKind, RunResult
+
+    started = datetime.now(UTC)
+    result = RunResult()
+    config: Config | None = None
+    error: Failure | None = None
+    status = EXIT_FAILED
+    try:
+        status, config, error = _run_main(args, result)
+    except KeyboardInterrupt:
+        status, error = EXIT_INTERRUPTED, None
+    if status == EXIT_INTERRUPTED:
+        _say("lematt: interrupted; every stored key+cert pair is intact")
+        error = Failure(FailureKind.INTERRUPTED, "interrupted by a signal before the run ended")
+    if args.json is None and (config is None or not config.settings.notify):
+        return status
+    from lematt.records import summary as summary_mod
+
+    mode = "test" if args.test else "prod"
+    summary = summary_mod.build(result, mode=mode, exit_status=status, error=error,
+                                started=started, finished=datetime.now(UTC))
+    if config is not None:
+        status = _notify(config, summary, status, args.debug)
+    if args.json is not None:
+        from lematt.errors import StoreError
+
+        try:
+            summary_mod.write(args.json, summary)
+        except StoreError as exc:
+            # A summary that cannot be written (the directory went away, a full disk) fails
+            # the run: whatever reads it would otherwise take an old one for this run's.
+            _say(f"lematt: {exc}")
+            if args.debug:
+                traceback.print_exception(exc)
+            status = EXIT_FAILED if status == EXIT_OK else status
+    return status
+
+
+def _notify(config: Config, summary: dict[str, object], status: int, debug: bool) -> int:
+    """Run the notify hooks when this exit calls for them; a hook's failure is one line and
+    turns a successful exit into 1 (the run's own status is never hidden). The summary
+    written afterwards records each hook's result."""
+    import anyio
+
+    from lematt.records import notify
+
+    if not notify.should_run(config.settings, status):
+        return status
+    try:
+        results = anyio.run(_until_signal, notify.run_hooks(config.settings, summary))
+    except KeyboardInterrupt:
+        results = None
+    if results is None:
+        _say("lematt: notify hooks interrupted")
+        return status if status != EXIT_OK else EXIT_INTERRUPTED
+    summary["notify"] = [r.to_json() for r in results]
+    failed = [r for r in results if not r.ok]
+    for hook in failed:
+        _say(f"lematt: {hook.error}")
+    if failed and status == EXIT_OK:
+        status = EXIT_FAILED
+        summary["exit"] = status
+    return status
+
+
+def _run_main(args: argparse.Namespace, result: RunResult
+              ) -> tuple[int, Config | None, Failure | None]:
+    """Load the config and run; (exit status, the config if it loaded, the run-wide error)."""
     # Imports after parsing keep `lematt --help` and usage errors fast.
     import anyio
 
     from lematt import config as config_mod
     from lematt.errors import ConfigError, LemattError
-    from lematt.model import Failure, RunResult
+    from lematt.model import Failure
     from lematt.report import Reporter
     from lematt.run import Options
     from lematt.tuning import fewer_gc_passes
@@ -356,31 +440,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_mod.load(args.config)
     except ConfigError as exc:
-        print(f"lematt: {exc}", file=sys.stderr)
+        _say(f"lematt: {exc}")
         if args.debug:
             traceback.print_exc()
-        return EXIT_USAGE
+        return EXIT_USAGE, None, Failure.of(exc)
     s = config.settings
     options = Options(test=args.test, parallel=args.parallel or s.parallel,
                       processes=args.processes or s.processes,
                       deadline=args.deadline or s.run_timeout)
-    mode = "test" if options.test else "prod"
     fewer_gc_passes()
     try:
-        result = anyio.run(_run_until_signal, config, options, reporter)
+        done = anyio.run(_run_until_signal, config, options, reporter, result)
     except LemattError as exc:
-        if args.json is not None:
-            _write_json(args.json, RunResult().to_json(mode, os.getpid(), Failure.of(exc)),
-                        args.debug)
-        return _run_wide_error(exc, args.debug)
-    except KeyboardInterrupt:
-        result = None
-    if result is None:
-        print("lematt: interrupted; every stored key+cert pair is intact", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    written = True
-    if args.json is not None:
-        # A summary that cannot be written (the directory went away, a full disk) fails the
-        # run: whatever reads it would otherwise take an old one for this run's.
-        written = _write_json(args.json, result.to_json(mode, os.getpid()), args.debug)
-    return EXIT_OK if result.ok and written else EXIT_FAILED
+        return _run_wide_error(exc, args.debug), config, Failure.of(exc)
+    if done is None:
+        return EXIT_INTERRUPTED, config, None
+    return (EXIT_OK if result.ok else EXIT_FAILED), config, None

@@ -18,6 +18,7 @@ serves the whole run (forwarders and deploys), opened only when an SSH action ma
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -29,7 +30,7 @@ import anyio
 from lematt.config import Config
 from lematt.deploy.deployer import Deployer, Pending
 from lematt.errors import StoreError
-from lematt.model import CertState, Job, KeyType, Outcome, RunResult
+from lematt.model import CertRecord, CertState, Found, Job, KeyType, Outcome, RunResult
 from lematt.orders import order_all
 from lematt.orders.account import check_before_ordering
 from lematt.orders.context import OrderEnv
@@ -69,11 +70,14 @@ def _needs_ssh(config: Config, jobs: list[Job], pending: Pending) -> bool:
     return False
 
 
-async def run(config: Config, options: Options, reporter: Reporter) -> RunResult:
+async def run(config: Config, options: Options, reporter: Reporter,
+              result: RunResult | None = None) -> RunResult:
+    """One run; ``result`` (when given) is filled as the run goes, so that its caller still
+    has what the run knew when it is stopped half-way (a signal, a run-wide error)."""
     settings = config.settings
     deadline = None if options.deadline is None else anyio.current_time() + options.deadline
     store = Store(settings, test=options.test)
-    result = RunResult()
+    result = RunResult() if result is None else result
     with store.lock() as lock_fd:
         for message in store.ensure_dirs():
             reporter.change(message)
@@ -83,6 +87,8 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
         names: dict[tuple[int, KeyType], str] = {}  # each certificate's file name
         found = await anyio.to_thread.run_sync(scan, store, config.lines, settings.key_types,
                                                names)
+        # Built only when a summary asks for it: the quiet cron run does not pay for it.
+        result.certificates = functools.partial(_records, store, config, found)
         env = OrderEnv(config, store, reporter, options.test, options.parallel,
                        options.processes, lock_fd)
         # What the CA offers and its renewal windows (RFC 9773): asked only when what was
@@ -95,6 +101,7 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
             states, default = states_for(book, names, found, now.timestamp(), profiles,
                                          index)
         jobs = plan(settings, config.lines, found, now, states, default)
+        result.jobs = jobs
         # Config warnings (must-staple, ignored files) are news only when something is due,
         # or when a person is watching: a cron run with nothing due stays silent.
         if jobs or not reporter.cron:
@@ -130,6 +137,17 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
                 result.deploy_seconds = report.wall_seconds
                 result.host_seconds = report.host_seconds
     return result
+
+
+def _records(store: Store, config: Config, found: dict[tuple[int, KeyType], Found]
+             ) -> list[CertRecord]:
+    """Every certificate of the config with its paths and stored state, for the summary."""
+    records = []
+    for line in config.lines:
+        for key_type in config.settings.key_types:
+            key, cert = store.layout.pair_files(line, key_type)
+            records.append(CertRecord(line, key_type, key, cert, found[(line.lineno, key_type)]))
+    return records
 
 
 def _keep_issued(env: OrderEnv, book: RenewalBook, names: dict[tuple[int, KeyType], str],

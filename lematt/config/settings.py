@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lematt.config.notify import parse_notify
 from lematt.config.source import (
     Block,
     canonical_key,
@@ -69,6 +70,9 @@ KNOWN_KEYS = (
     "eabHmacKeyFile",
     "agreeTermsOfService",
     "preferredChain",
+    "notify",
+    "notifyAlways",
+    "notifyTimeout",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -100,7 +104,8 @@ class _EntryError(ValueError):
 def parse_settings(path: Path, text: str, conf_dir: Path) -> tuple[Settings, list[str]]:
     """Validate lematt.conf ``text`` (read from ``path``) into ``Settings`` plus warnings."""
     warnings: list[str] = []
-    if detect_format(path, text) == "ini":
+    is_ini = detect_format(path, text) == "ini"
+    if is_ini:
         blocks = read_ini(path, text)
         found = [b for b in blocks if b.name == "config"]
         if not found:
@@ -133,10 +138,11 @@ def parse_settings(path: Path, text: str, conf_dir: Path) -> tuple[Settings, lis
         if key is None:
             raise unknown_key(path, entry.line, entry.key, KNOWN_KEYS)
         values[key] = (entry.value, entry.line)
-    return _build(path, conf_dir, values), warnings
+    return _build(path, conf_dir, values, is_json=is_ini), warnings
 
 
-def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) -> Settings:
+def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]], *,
+           is_json: bool = True) -> Settings:
     def get(key: str, convert: Callable[[object], object]) -> object:
         if key not in values or is_unset(values[key][0]):
             return _MISSING
@@ -197,12 +203,16 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "eabHmacKeyFile": ("eab_hmac_key", lambda v: _hmac_key_file(as_path(v))),
         "agreeTermsOfService": ("agree_terms_of_service", to_bool),
         "preferredChain": ("preferred_chain", _printable),
+        "notifyAlways": ("notify_always", to_bool),
+        "notifyTimeout": ("notify_timeout", _positive_seconds),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)
         if result is not _MISSING:
             kw[field_name] = result
 
+    if "notify" in values:
+        kw["notify"] = parse_notify(path, *values["notify"], is_json)
     curve_written = get("curve", _curve_as_written)
     if curve_written is not _MISSING:
         kw["curve"] = CURVE_NAMES[str(curve_written)]

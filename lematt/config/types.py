@@ -69,6 +69,11 @@ class Settings:
     agree_terms_of_service: bool = True
     # Prefer the chain whose top certificate was issued by this CN (Link rel="alternate").
     preferred_chain: str | None = None
+    # Commands run after a run with failures (after every run with notify_always), each a
+    # local shell string or an SshRun; each bounded by notify_timeout seconds.
+    notify: tuple[str | SshRun, ...] = ()
+    notify_always: bool = False
+    notify_timeout: float = 60.0
     # Where each key was written (file and line), for messages that name the setting.
     source: Path | None = field(default=None, compare=False)
     key_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
