@@ -89,6 +89,8 @@ def format_line(shape: str, record: logging.LogRecord) -> str:
 class _StreamsHandler(logging.Handler):
     """Warnings and failures to ``err``, the rest to ``out``, each in its stream's shape."""
 
+    lematt_output = True  # lematt.report.Reporter writes through handlers so marked
+
     def __init__(self, out: TextIO, err: TextIO) -> None:
         super().__init__()
         self.out, self.err = out, err
@@ -107,6 +109,8 @@ class _StreamsHandler(logging.Handler):
 
 class _FileHandler(logging.Handler):
     """Timestamped lines appended to an open ``O_APPEND`` descriptor, one write each."""
+
+    lematt_output = True
 
     def __init__(self, path: Path, fd: int) -> None:
         super().__init__()
@@ -153,10 +157,6 @@ def configure(*, log_file: Path | None = None, log_fd: int | None = None,
         logger.addHandler(_FileHandler(log_file, fd))
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
-
-
-def configured() -> bool:
-    return bool(logging.getLogger(LOGGER).handlers)
 
 
 def log_file_of() -> Path | None:

@@ -30,7 +30,9 @@ class Reporter:
         return "[TEST] " if self.test else ""
 
     def _emit(self, level: int, text: str, *, quiet: bool = False) -> None:
-        if _LOGGER.handlers:
+        # Handlers of lematt.logs (marked): another library's or a test harness's handler
+        # on the logger does not take the lines away from their streams.
+        if any(getattr(h, "lematt_output", False) for h in _LOGGER.handlers):
             _LOGGER.log(level, "%s", text, extra={"quiet": quiet})
         elif not quiet:
             print(text, file=self.err if level >= logging.WARNING else self.out, flush=True)
