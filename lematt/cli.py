@@ -1,6 +1,7 @@
 """Command line: ``lematt (--test | --prod) [--config PATH] [--parallel N] [--processes N]
-[--deadline SECONDS] [--cron] [--json PATH] [--debug]`` (the run), and the commands
-``lematt account show|update-contact|rollover|deactivate`` and ``lematt revoke NAME...``.
+[--deadline SECONDS] [--cron] [--json PATH|-] [--log-file PATH] [--debug]`` (the run), and the
+commands ``lematt account show|update-contact|rollover|deactivate`` and
+``lematt revoke NAME...``.
 
 Contract: ``main(argv)`` returns the exit status and never raises for expected problems:
 0 every certificate current or renewed and every action succeeded (a command: done); 1 some
@@ -8,8 +9,11 @@ certificate or action failed (all others still completed), or the run could not 
 account unreachable); 2 usage or config error, reported before anything changed (a ``--json``
 directory that is missing or not writable is one); 75 (EX_TEMPFAIL) another run holds the
 lock - nothing was done, a later run will; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP) after
-cleaning up. Errors are one line; a traceback only with ``--debug``. A ``--json`` summary
-that cannot be written at the end is one line and status 1.
+cleaning up. Errors are one line; a traceback only with ``--debug``. Lines go through the
+``lematt`` logger, whose handlers ``lematt.logs`` sets up once here (``--log-file``: a file
+that cannot be opened is status 2 before the run). The ``--json`` summary (``-``: stdout) is
+written and the ``notify`` hooks run on every exit of the run (``lematt.records``); a summary
+that cannot be written, or a hook that fails, is one line and makes status 0 into 1.
 
 Every command takes ``--test | --prod``, ``--config`` and ``--debug`` like the run, before or
 after its name (``lematt --test account show`` = ``lematt account show --test``). A command is

@@ -12,18 +12,17 @@ unfinished job fails with a timeout, and what was renewed is still deployed.
 A job's or a step's failure is a value in the result; only run-wide problems (the lock, the
 account, the challenge listener, the CA's directory) raise, as ``LemattError``. One SSH pool
 serves the whole run (forwarders and deploys), opened only when an SSH action may run.
-``write_summary`` writes the JSON form of a run (``--json``) atomically.
+``result``, when the caller passes one, is filled as the run goes (every certificate after the
+scan, the due jobs after planning), so that a run stopped half-way still has a summary
+(``lematt.records.summary``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -37,9 +36,7 @@ from lematt.orders.context import OrderEnv
 from lematt.orders.renewal_info import refresh
 from lematt.plan import plan, timing_warnings
 from lematt.report import Reporter
-from lematt.store.atomic import write_atomic
 from lematt.store.inventory import scan
-from lematt.store.layout import PUBLIC_MODE
 from lematt.store.renewal import RenewalBook, index_identity, states_for
 from lematt.store.tree import Store
 
@@ -168,14 +165,3 @@ def _keep_issued(env: OrderEnv, book: RenewalBook, names: dict[tuple[int, KeyTyp
             book.save(set(names.values()))
         except StoreError as exc:
             env.reporter.warn(f"{exc}; profiles of the new certificates are not recorded")
-
-
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """The JSON summary (``--json PATH``), written atomically so a reader never sees half.
-    A failure is a ``StoreError`` naming the path and the reason."""
-    try:
-        write_atomic(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
-                     PUBLIC_MODE)
-    except OSError as exc:
-        raise StoreError(f"cannot write the --json summary {path}: "
-                         f"{exc.strerror or exc}") from exc
