@@ -78,12 +78,16 @@ def line_shape(stream: TextIO, environ: dict[str, str] | os._Environ[str]) -> st
 
 
 def format_line(shape: str, record: logging.LogRecord) -> str:
+    """The record as written: every line of a multi-line message (a command's output quoted
+    under a failure) gets the prefix, so that none passes for a line of its own."""
     message = record.getMessage()
     if shape == "journal":
-        return f"<{_priority(record.levelno)}>{message}"
-    if shape == "timestamp":
-        return f"{_timestamp(record.created)} {message}"
-    return message
+        prefix = f"<{_priority(record.levelno)}>"
+    elif shape == "timestamp":
+        prefix = f"{_timestamp(record.created)} "
+    else:
+        return message
+    return "\n".join(prefix + line for line in message.split("\n"))
 
 
 class _StreamsHandler(logging.Handler):
@@ -117,7 +121,7 @@ class _FileHandler(logging.Handler):
         self.path, self.fd = path, fd
 
     def emit(self, record: logging.LogRecord) -> None:
-        line = format_line("timestamp", record).replace("\n", "\\n") + "\n"
+        line = format_line("timestamp", record) + "\n"
         try:
             os.write(self.fd, line.encode("utf-8", "backslashreplace"))
         except OSError:

@@ -272,6 +272,22 @@ def test_log_file_gets_every_line_timestamped_even_under_cron(
     assert stat.S_IMODE(log.stat().st_mode) == 0o640
 
 
+def test_log_file_with_order_processes(tmp_path: Path, make_conf: MakeConf,
+                                       run_lematt: RunLematt) -> None:
+    """Order processes append to the same file (their lines never mix with the main
+    process's: one write each)."""
+    names = ["p1.records.test", "p2.records.test", "p3.records.test"]
+    conf = make_conf(tmp_path, "".join(f"{n}\n" for n in names),
+                     extra_conf={"keyTypes": "ec"})
+    log = tmp_path / "lematt.log"
+    result = run_lematt("--test", "--processes", "2", "--config", conf, "--log-file", log)
+    assert result.returncode == 0, result.stderr
+    lines = log.read_text().splitlines()
+    assert all(STAMP.match(line) for line in lines), lines
+    for name in names:
+        assert any(f"renewed {name} (EC)" in line for line in lines), lines
+
+
 def test_log_file_in_a_missing_directory_is_a_usage_error(
         tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt) -> None:
     conf = make_conf(tmp_path, "nodir.records.test\n")
@@ -340,6 +356,22 @@ def test_notify_always_runs_after_a_good_run_and_a_failing_hook_makes_exit_1(
     assert "exited 3" in line and "no route to the pager" in line
     written = read_summary(tmp_path / "run.json")
     assert written["exit"] == 1 and [h["ok"] for h in written["notify"]] == [True, False]
+
+
+def test_a_hung_notify_hook_is_stopped_at_its_timeout(
+        tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt) -> None:
+    pidfile = tmp_path / "hook.pid"
+    conf = make_conf(tmp_path, "hung.notify.test\n", extra_conf={
+        "keyTypes": "ec", "notifyAlways": True, "notifyTimeout": 1,
+        "notify": json.dumps([f"sleep 301 & echo $! > {pidfile}; wait"])})
+    result = run_lematt("--test", "--config", conf, "--json", tmp_path / "run.json")
+    assert result.returncode == 1
+    (line,) = [x for x in result.stderr.splitlines() if "notify hook" in x]
+    assert "timed out" in line
+    assert read_summary(tmp_path / "run.json")["counts"] == {"renewed": 1}
+    child = int(pidfile.read_text())
+    assert not Path(f"/proc/{child}").exists() or "Z" in Path(
+        f"/proc/{child}/stat").read_text().split()[2]
 
 
 def test_notify_config_error_names_file_and_line(tmp_path: Path, make_conf: MakeConf,

@@ -142,6 +142,13 @@ def test_journal_lines_carry_the_sd_daemon_priority(level: int, priority: int) -
     assert logs.format_line("journal", _record_at(level, "m")) == f"<{priority}>m"
 
 
+def test_every_line_of_a_multi_line_message_gets_the_prefix() -> None:
+    record = _record_at(logging.ERROR, "FAILED: prepare printed:\n  | oops")
+    assert logs.format_line("journal", record) == "<3>FAILED: prepare printed:\n<3>  | oops"
+    assert logs.format_line("timestamp", record).splitlines()[1] == (
+        "2026-01-02T03:04:05Z   | oops")
+
+
 def test_timestamped_and_plain_lines() -> None:
     assert logs.format_line("timestamp", _record_at(logging.INFO, "m")) == (
         "2026-01-02T03:04:05Z m")
