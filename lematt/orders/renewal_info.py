@@ -17,8 +17,9 @@ Contract: ``await refresh(env, found, names, book, default, now, index)`` brings
   4.3); after a failure after 1 hour (network, timeout, 5xx) or 6 hours (anything else),
   keeping the earlier window meanwhile. Every ``explanationURL`` is reported once per run.
 * A CA that cannot be reached, or has no renewalInfo, changes nothing: planning falls back
-  (kept windows, else a third of the lifetime); kept facts stay in use and its directory is
-  tried again after ``RETRY_DIRECTORY``. Only ``ConfigError`` is raised.
+  (kept windows, else a third of the lifetime); kept facts stay in use (a CA never read is
+  kept as one without renewalInfo) and its directory is tried again after
+  ``RETRY_DIRECTORY``, not at every cron run. Only ``ConfigError`` is raised.
 """
 
 from __future__ import annotations
@@ -146,6 +147,12 @@ async def refresh(env: OrderEnv, found: Mapping[tuple[int, KeyType], Found],
         if facts is not None and not fresh:
             book.set_ca(facts._replace(checked=now_ts - CA_RECHECK_SECONDS
                                        + RETRY_DIRECTORY))
+        elif facts is None:
+            # Never read: what it offers is unknown. Kept as "no renewal info", with the
+            # configured profiles standing in for its own (so none is refused for a CA
+            # that merely did not answer), until the CA is asked again in an hour.
+            book.set_ca(CaFacts(url, now_ts - CA_RECHECK_SECONDS + RETRY_DIRECTORY,
+                                profiles=tuple(sorted(wanted))))
         for name, state, kept in todo if fresh else ():
             assert state.cert is not None
             book.put(name, (kept or CertState(state.cert.cert_id))._replace(
