@@ -366,17 +366,25 @@ def _run_with_records(args: argparse.Namespace) -> int:
 
     started = datetime.now(UTC)
     result = RunResult()
-    config: Config | None = None
     error: Failure | None = None
     status = EXIT_FAILED
+    crash: Exception | None = None
+    loaded: list[Config] = []  # the config, once loaded, also when the run then crashes
     try:
-        status, config, error = _run_main(args, result)
+        status, error = _run_main(args, result, loaded)
     except KeyboardInterrupt:
         status, error = EXIT_INTERRUPTED, None
+    except Exception as exc:
+        # A bug: the summary and the hooks still say that the run failed, then the
+        # traceback follows (it is what a bug report needs).
+        crash, status, error = exc, EXIT_FAILED, Failure.of(exc)
+    config = loaded[0] if loaded else None
     if status == EXIT_INTERRUPTED:
         _say("lematt: interrupted; every stored key+cert pair is intact")
         error = Failure(FailureKind.INTERRUPTED, "interrupted by a signal before the run ended")
     if args.json is None and (config is None or not config.settings.notify):
+        if crash is not None:
+            raise crash
         return status
     from lematt.records import summary as summary_mod
 
@@ -384,7 +392,7 @@ def _run_with_records(args: argparse.Namespace) -> int:
     summary = summary_mod.build(result, mode=mode, exit_status=status, error=error,
                                 started=started, finished=datetime.now(UTC))
     if config is not None:
-        status = _notify(config, summary, status, args.debug)
+        status = _notify(config, summary, status)
     if args.json is not None:
         from lematt.errors import StoreError
 
@@ -397,10 +405,12 @@ def _run_with_records(args: argparse.Namespace) -> int:
             if args.debug:
                 traceback.print_exception(exc)
             status = EXIT_FAILED if status == EXIT_OK else status
+    if crash is not None:
+        raise crash
     return status
 
 
-def _notify(config: Config, summary: dict[str, object], status: int, debug: bool) -> int:
+def _notify(config: Config, summary: dict[str, object], status: int) -> int:
     """Run the notify hooks when this exit calls for them; a hook's failure is one line and
     turns a successful exit into 1 (the run's own status is never hidden). The summary
     written afterwards records each hook's result."""
@@ -427,9 +437,9 @@ def _notify(config: Config, summary: dict[str, object], status: int, debug: bool
     return status
 
 
-def _run_main(args: argparse.Namespace, result: RunResult
-              ) -> tuple[int, Config | None, Failure | None]:
-    """Load the config and run; (exit status, the config if it loaded, the run-wide error)."""
+def _run_main(args: argparse.Namespace, result: RunResult, loaded: list[Config]
+              ) -> tuple[int, Failure | None]:
+    """Load the config (appended to ``loaded``) and run; (exit status, the run-wide error)."""
     # Imports after parsing keep `lematt --help` and usage errors fast.
     import anyio
 
@@ -447,7 +457,8 @@ def _run_main(args: argparse.Namespace, result: RunResult
         _say(f"lematt: {exc}")
         if args.debug:
             traceback.print_exc()
-        return EXIT_USAGE, None, Failure.of(exc)
+        return EXIT_USAGE, Failure.of(exc)
+    loaded.append(config)
     s = config.settings
     options = Options(test=args.test, parallel=args.parallel or s.parallel,
                       processes=args.processes or s.processes,
@@ -456,7 +467,7 @@ def _run_main(args: argparse.Namespace, result: RunResult
     try:
         done = anyio.run(_run_until_signal, config, options, reporter, result)
     except LemattError as exc:
-        return _run_wide_error(exc, args.debug), config, Failure.of(exc)
+        return _run_wide_error(exc, args.debug), Failure.of(exc)
     if done is None:
-        return EXIT_INTERRUPTED, config, None
-    return (EXIT_OK if result.ok else EXIT_FAILED), config, None
+        return EXIT_INTERRUPTED, None
+    return (EXIT_OK if result.ok else EXIT_FAILED), None

@@ -293,3 +293,18 @@ def test_hook_environment_counts_failed_and_renewed() -> None:
     data = {"exit": 1, "mode": "prod", "counts": {"failed": 2, "renewed": 3, "current": 9}}
     assert notify.hook_environment(data) == {"LEMATT_FAILED": "2", "LEMATT_RENEWED": "3",
                                              "LEMATT_EXIT": "1", "LEMATT_MODE": "prod"}
+
+
+def test_a_crash_still_writes_the_summary_then_shows_the_traceback(
+        tmp_path: Path, lematt_logger: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lematt import cli
+
+    def broken(*_: object) -> tuple[int, None]:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_run_main", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["--test", "--config", str(tmp_path / "lematt.conf"),
+                  "--json", str(tmp_path / "run.json")])
+    data = json.loads((tmp_path / "run.json").read_text())
+    assert data["exit"] == 1 and data["failure"]["kind"] == "internal"
