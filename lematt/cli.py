@@ -1,7 +1,8 @@
 """Command line: ``lematt (--test | --prod) [--config PATH] [--parallel N] [--processes N]
-[--deadline SECONDS] [--cron] [--json PATH|-] [--log-file PATH] [--debug]`` (the run), and the
-commands ``lematt account show|update-contact|rollover|deactivate`` and
-``lematt revoke NAME...``.
+[--deadline SECONDS] [--cron] [--json PATH|-] [--log-file PATH] [--only NAME...] [--force]
+[--no-deploy] [--debug]`` (the run), ``lematt --version``, and the commands ``lematt plan``,
+``lematt account show|update-contact|rollover|deactivate``, ``lematt revoke NAME...`` and
+``lematt verify [NAME...]`` (exit 1: an endpoint does not serve the stored certificate).
 
 Contract: ``main(argv)`` returns the exit status and never raises for expected problems:
 0 every certificate current or renewed and every action succeeded (a command: done); 1 some
@@ -18,7 +19,9 @@ that cannot be written, or a hook that fails, is one line and makes status 0 int
 Every command takes ``--test | --prod``, ``--config`` and ``--debug`` like the run, before or
 after its name (``lematt --test account show`` = ``lematt account show --test``). A command is
 an entry in ``COMMANDS`` with a parser builder and a handler; plain ``lematt --test`` (no
-command) is the run, unchanged.
+command) is the run, unchanged. Without ``--config`` the run and every command look for
+lematt.conf as ``lematt.locate`` says (``$LEMATT_CONFIG``, ``./conf/lematt.conf``,
+``/etc/lematt/lematt.conf``); none found is one line listing where, exit 2.
 """
 
 from __future__ import annotations
@@ -83,11 +86,81 @@ def _common(p: argparse.ArgumentParser, *, top: bool) -> None:
                       help="use the test CA (directoryTest) and the test/ tree", **keep)
     mode.add_argument("--prod", dest="test", action="store_const", const=False,
                       help="use the production CA (directoryProd) and the prod/ tree", **keep)
-    p.add_argument("--config", type=Path, **({"default": Path("conf/lematt.conf")} | keep),
+    p.add_argument("--config", type=Path, metavar="PATH", **({"default": None} | keep),
                    help="lematt.conf; domains and actions.conf are read from its directory "
-                        "(default: conf/lematt.conf)")
+                        "(default: $LEMATT_CONFIG, else ./conf/lematt.conf, else "
+                        "/etc/lematt/lematt.conf)")
     p.add_argument("--debug", action="store_true", help="show tracebacks",
                    **({"default": False} | keep))
+
+
+def _selection(p: argparse.ArgumentParser, *, top: bool) -> None:
+    """--only, --force, --no-deploy: the run's, and plan's (to show what such a run does);
+    SUPPRESS on the command parser as in ``_common``."""
+    keep: dict[str, object] = {} if top else {"default": argparse.SUPPRESS}
+    p.add_argument("--only", nargs="+", metavar="NAME", **({"default": []} | keep),
+                   help="only the domains lines that carry one of these names")
+    p.add_argument("--force", action="store_true", **({"default": False} | keep),
+                   help="renew the --only certificates now, even if they are current "
+                        "(requires --only: the CA's rate limits count every certificate)")
+    p.add_argument("--no-deploy", action="store_true", **({"default": False} | keep),
+                   help="order and store, deploy nothing; the next run deploys what was "
+                        "renewed")
+
+
+class _Version(argparse.Action):
+    """``--version``: the installed package's version, read only when asked for."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print lematt's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("lematt")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            from lematt import __version__ as text
+        print(f"lematt {text}")
+        raise SystemExit(EXIT_OK)
+
+
+EPILOG = """\
+examples:
+  lematt --prod --cron                      the cron or timer run: silent unless news
+      17 3,15 * * *  root  lematt --prod --cron --config /etc/lematt/lematt.conf
+  lematt --prod plan                        what a run would do now; contacts nothing
+  lematt --prod --only www.example.com --force
+                                            renew that line's certificates now
+  lematt --prod --no-deploy                 renew what is due; deploy at the next run
+  lematt --prod status                      one row per certificate, from the tree alone
+  lematt --prod account show                the ACME account of accountKey
+  lematt --prod revoke www.example.com --reason keyCompromise
+
+exit status:
+  0    every certificate current or renewed, every action succeeded (a command: done)
+  1    some certificate or action failed, or the run could not start
+  2    usage or config error, reported before anything changed
+  75   another run holds the lock: nothing was done, try later (EX_TEMPFAIL)
+  130  interrupted (Ctrl-C, SIGTERM, SIGHUP), after cleaning up
+
+lematt.conf: --config PATH, else $LEMATT_CONFIG, else ./conf/lematt.conf, else
+/etc/lematt/lematt.conf.
+"""
+
+
+def _plan_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    plan = sub.add_parser("plan", help="what a run would do now, without doing it",
+                          description="Show what a run would do now: each due certificate "
+                                      "and why, the prepare commands and forwarders its "
+                                      "orders start, each host's deploy steps in order. "
+                                      "Contacts no CA and no host, takes no lock, writes "
+                                      "nothing.")
+    _common(plan, top=False)
+    _selection(plan, top=False)
+    plan.add_argument("--json", dest="plan_json", action="store_true",
+                      help="print the plan as JSON on stdout")
 
 
 def _email(text: str) -> str:
@@ -134,6 +207,19 @@ def _revoke_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
                         help="only this key type's certificate (default: every keyTypes)")
 
 
+def _verify_parser(sub: argparse._SubParsersAction[_Parser]) -> None:
+    verify = sub.add_parser("verify", help="check that the endpoints of the actions' verify "
+                            "lists serve the stored certificates", description="Connect to "
+                            "every endpoint of the actions' verify lists and compare the "
+                            "certificate it serves, RSA and EC, with the stored one (only for "
+                            "the domains lines that carry NAME, when given). Exit 0: all "
+                            "match; 1: a mismatch or an endpoint that did not answer.")
+    _common(verify, top=False)
+    verify.add_argument("names", nargs="*", metavar="NAME", help="any name of a domains line")
+    verify.add_argument("--json", type=Path, metavar="PATH", default=argparse.SUPPRESS,
+                        help="also write the results as JSON to PATH")
+
+
 # The RFC 5280 reasons a subscriber may give (lematt.acme.client.REVOCATION_REASONS), spelled
 # here too so that `lematt --help` does not import the ACME client.
 REVOCATION_REASONS = ("unspecified", "keyCompromise", "affiliationChanged", "superseded",
@@ -144,7 +230,9 @@ def build_parser(commands: bool = True) -> argparse.ArgumentParser:
     """The parser; ``commands=False`` leaves the commands out (the cron run's path: their
     seven parsers would triple the cost of parsing its arguments)."""
     p = _Parser(prog="lematt", description="Keep RSA and EC certificates for every domains "
-                "line fresh from an ACME CA, and deploy them.")
+                "line fresh from an ACME CA, and deploy them.", epilog=EPILOG,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action=_Version)
     _common(p, top=True)
     # Defaults come from lematt.conf (parallel, processes), else 20 and 1: 20 is the best
     # measured throughput against a local CA without provoking Pebble's stalls, and already
@@ -166,6 +254,7 @@ def build_parser(commands: bool = True) -> argparse.ArgumentParser:
                         "and every other line to stderr); written on every exit")
     p.add_argument("--log-file", type=Path, metavar="PATH",
                    help="also append every line, timestamped, to PATH (created 0640)")
+    _selection(p, top=True)
     if not commands:
         p.set_defaults(command=None)
         return p
@@ -262,16 +351,14 @@ def _command(args: argparse.Namespace) -> int:
     import anyio
 
     from lematt import config as config_mod
-    from lematt import logs
     from lematt.errors import LemattError
     from lematt.orders.context import OrderEnv
     from lematt.report import Reporter
     from lematt.store.tree import Store
 
-    logs.configure()
     reporter = Reporter(debug=args.debug, test=args.test)
     try:
-        config = config_mod.load(args.config)
+        config = config_mod.load(_config_path(args))
         env = OrderEnv(config, Store(config.settings, test=args.test), reporter, args.test,
                        parallel=1)
         handler = COMMANDS[args.command][1]
@@ -314,12 +401,56 @@ async def _revoke(env: OrderEnv, args: argparse.Namespace) -> int:
     return await manage.revoke(env, args.names, args.reason, key_types)
 
 
+async def _verify(env: OrderEnv, args: argparse.Namespace) -> int:
+    from lematt.errors import ConfigError
+    from lematt.verify.command import verify_stored
+
+    problem = _json_target_problem(args.json) if args.json is not None else None
+    if problem is not None:
+        raise ConfigError(f"--json {args.json}: {problem}")
+    return await verify_stored(env.config, env.store.layout, env.reporter, args.names,
+                               args.json)
+async def _plan(env: OrderEnv, args: argparse.Namespace) -> int:
+    import json
+    from datetime import UTC, datetime
+
+    from lematt import preview
+
+    result = await preview.preview(env.config, env.store, datetime.now(UTC),
+                                   only=tuple(args.only), force=args.force,
+                                   no_deploy=args.no_deploy)
+    try:
+        if args.plan_json:
+            print(json.dumps(preview.to_json(result), indent=2, sort_keys=True), flush=True)
+        else:
+            for warning in result.warnings:
+                env.reporter.warn(warning)
+            for line in preview.lines(result):
+                env.reporter.change(line)
+    except BrokenPipeError:
+        # `lematt plan | head`: the reader is gone. Quietly, as Python's own docs advise:
+        # stdout points at /dev/null so that the flush at exit does not complain again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    from lematt.locate import find_config
+
+    return find_config(args.config, os.environ)
+
+
 Handler = Callable[["OrderEnv", argparse.Namespace], Awaitable[int]]
-# command name -> (adds its parser to the subparsers, runs it). Later commands (status,
-# plan) slot in here the same way.
+# command name -> (adds its parser to the subparsers, runs it). Later commands (status)
+# slot in here the same way.
 COMMANDS: dict[str, tuple[Callable[[argparse._SubParsersAction[_Parser]], None], Handler]] = {
+    "plan": (_plan_parser, _plan),
     "account": (_account_parser, _account),
     "revoke": (_revoke_parser, _revoke),
+    "verify": (_verify_parser, _verify),
 }
 
 
@@ -329,15 +460,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(words)
     if args.test is None:
         parser.error("one of the arguments --test --prod is required")
+    if args.command is None and COMMANDS.keys() & set(args.only):
+        # `lematt --only a plan`: --only took the command's name for a NAME.
+        parser.error("a command goes before --only NAME... (lematt plan --only NAME...)")
+    if args.force and not args.only:
+        # Forcing every certificate at once can spend a week of the CA's rate limits (Let's
+        # Encrypt: 50 certificates per registered domain, 5 per exact set of names).
+        parser.error("--force needs --only NAME...: name the lines to renew now (forcing "
+                     "every certificate at once can exhaust the CA's rate limits)")
     if args.command is not None:
         return _command(args)
-    if args.json is not None and str(args.json) != "-":
-        problem = _json_target_problem(args.json)
-        if problem is not None:
-            print(f"lematt: --json {args.json}: {problem}", file=sys.stderr)
-            return EXIT_USAGE
     from lematt import logs
 
+    # Checked first: a log file that cannot be written is a usage error on every run.
     log_fd = None
     if args.log_file is not None:
         try:
@@ -346,16 +481,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"lematt: --log-file {args.log_file}: {exc.strerror or exc}; create its "
                   "directory, or name a file this user may write", file=sys.stderr)
             return EXIT_USAGE
+    if args.cron and args.json is None and not (args.only or args.no_deploy):
+        # A cron run whose last full check found nothing to do, with every input unchanged
+        # and no certificate due yet, ends here (lematt.store.quiet).
+        import time
+
+        from lematt.errors import ConfigError
+        from lematt.store.quiet import memo_says_quiet
+
+        try:
+            if memo_says_quiet(_config_path(args), args.test, time.time()):
+                return EXIT_OK
+        except ConfigError:
+            pass  # no config found: the full path below says so
+    if args.json is not None and str(args.json) != "-":
+        problem = _json_target_problem(args.json)
+        if problem is not None:
+            print(f"lematt: --json {args.json}: {problem}", file=sys.stderr)
+            return EXIT_USAGE
     logs.configure(log_file=args.log_file, log_fd=log_fd,
                    stdout_to_stderr=str(args.json) == "-")
     return _run_with_records(args)
 
 
 def _say(message: str) -> None:
-    """One error line through the ``lematt`` logger (timestamps, journal priority, log file)."""
+    """One error line: through the ``lematt`` logger once ``lematt.logs`` set it up (the run:
+    timestamps, journal priority, log file), else plainly on stderr (the commands)."""
     import logging
 
-    logging.getLogger("lematt").error("%s", message)
+    logger = logging.getLogger("lematt")
+    if any(getattr(h, "lematt_output", False) for h in logger.handlers):
+        logger.error("%s", message)
+    else:
+        print(message, file=sys.stderr, flush=True)
 
 
 def _run_with_records(args: argparse.Namespace) -> int:
@@ -446,13 +604,19 @@ def _run_main(args: argparse.Namespace, result: RunResult, loaded: list[Config]
     from lematt import config as config_mod
     from lematt.errors import ConfigError, LemattError
     from lematt.model import Failure
+    from lematt.progress import Progress
     from lematt.report import Reporter
     from lematt.run import Options
+    from lematt.survey import select_lines
     from lematt.tuning import fewer_gc_passes
 
-    reporter = Reporter(cron=args.cron, debug=args.debug, test=args.test)
+    # The live status line: only for a person watching a terminal (not under --cron, and
+    # not when the JSON summary goes to the same place).
+    live = Progress.on_terminal(sys.stderr, not args.cron and str(args.json) != "-")
+    reporter = Reporter(cron=args.cron, debug=args.debug, test=args.test, live=live)
     try:
-        config = config_mod.load(args.config)
+        config = config_mod.load(_config_path(args))
+        select_lines(config.lines, args.only)  # an unknown name: usage error, exit 2
     except ConfigError as exc:
         _say(f"lematt: {exc}")
         if args.debug:
@@ -462,7 +626,8 @@ def _run_main(args: argparse.Namespace, result: RunResult, loaded: list[Config]
     s = config.settings
     options = Options(test=args.test, parallel=args.parallel or s.parallel,
                       processes=args.processes or s.processes,
-                      deadline=args.deadline or s.run_timeout)
+                      deadline=args.deadline or s.run_timeout, only=tuple(args.only),
+                      force=args.force, no_deploy=args.no_deploy)
     fewer_gc_passes()
     try:
         done = anyio.run(_run_until_signal, config, options, reporter, result)

@@ -107,6 +107,8 @@ class _StreamsHandler(logging.Handler):
         try:
             stream.write(format_line(self.shapes[id(stream)], record) + "\n")
             stream.flush()
+        except BrokenPipeError:
+            raise  # the reader is gone (`lematt ... | head`): the caller decides, as for print
         except (OSError, ValueError):
             self.handleError(record)
 

@@ -4,7 +4,8 @@ Contract: plain values with no I/O and no heavy imports (no cryptography, no aio
 domains line (``CertLine``), what is known of a stored certificate (``CertInfo``, ``Found``)
 and what is kept about it beside the tree (``CertState``, with the CA's ``RenewalWindow``),
 one unit of work (``Job``: a line and a key type, with the reason it is due), what became of
-it (``Outcome``, with a structured ``Failure``), one deploy step's result (``StepOutcome``)
+it (``Outcome``, with a structured ``Failure``), one deploy step's result (``StepOutcome``,
+with ``VerifyResult`` for a check of what an endpoint serves)
 and a whole run (``RunResult``). ``outcome_to_json`` / ``outcome_from_json`` are the only
 codec of an outcome (order processes send it, ``--json`` writes it). Nothing here knows about
 files, the CA or hosts.
@@ -279,14 +280,63 @@ def outcome_from_json(job: Job, data: dict[str, Any]) -> Outcome:
 
 
 @dataclass(frozen=True)
+class Served:
+    """One certificate as a server presented it or as it is stored: serial (hex) and
+    notAfter, enough to tell two apart in a message."""
+
+    serial: str
+    not_after: datetime
+
+    def __str__(self) -> str:
+        return f"serial {self.serial}, notAfter {self.not_after:%Y-%m-%d %H:%M:%S}Z"
+
+    def to_json(self) -> dict[str, str]:
+        return {"serial": self.serial, "not_after": self.not_after.isoformat()}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Whether an endpoint serves the stored certificate of one line and key type.
+
+    ``name`` is the server name (SNI) asked for; ``served`` is None when no certificate was
+    read (``error`` says why); ``matched`` compares the leaves' SHA-256 fingerprints."""
+
+    endpoint: str
+    name: str
+    key_type: KeyType
+    matched: bool
+    expected: Served | None
+    served: Served | None = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        where = f"{self.endpoint} for {self.name} ({self.key_type.upper()})"
+        if self.matched:
+            return f"{where} serves the stored certificate ({self.expected})"
+        if self.expected is None:
+            return f"{where}: {self.error}"
+        shown = f"serves {self.served}" if self.served else f"{self.error}"
+        return f"{where}: expected {self.expected}; {shown}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "name": self.name, "key_type": self.key_type,
+                "matched": self.matched,
+                "expected": self.expected.to_json() if self.expected else None,
+                "served": self.served.to_json() if self.served else None,
+                "error": self.error}
+
+
+@dataclass(frozen=True)
 class StepOutcome:
     """One deploy step as it ran: which section's which kind of step on which host."""
 
     section: str
-    kind: str  # "uploadCerts" | "uploadKeys" | "update"
+    kind: str  # "uploadCerts" | "uploadKeys" | "update" | "verify"
     host: str
     what: str
     failure: Failure | None = None
+    # A "verify" step: what the endpoint served (lematt.verify).
+    verified: VerifyResult | None = None
 
     @property
     def ok(self) -> bool:
@@ -333,9 +383,10 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _step_json(s: StepOutcome) -> dict[str, Any]:
-    return {"section": s.section, "kind": s.kind, "what": s.what, "host": s.host, "ok": s.ok,
-            "error": s.failure.message if s.failure else None,
-            "failure": s.failure.to_json() if s.failure else None}
+    return ({"section": s.section, "kind": s.kind, "what": s.what, "host": s.host, "ok": s.ok,
+             "error": s.failure.message if s.failure else None,
+             "failure": s.failure.to_json() if s.failure else None}
+            | ({"verify": s.verified.to_json()} if s.verified else {}))
 
 
 @dataclass

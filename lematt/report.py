@@ -5,7 +5,9 @@ is a renewal or an action that ran (always shown); ``warn`` and ``failure`` go t
 always. Under ``--cron`` a run where nothing was due prints nothing at all. Every line is one
 sentence a user can act on. Lines go through the ``lematt`` logger (``lematt.logs`` gives it
 its handlers: timestamps, journal priorities, the log file); when it has none, they are
-printed plainly to ``out`` and ``err``.
+printed plainly to ``out`` and ``err``. ``live`` is the status line on a terminal
+(``lematt.progress``; silent by default): it is erased before every line printed here, so the
+two never share a terminal line.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import logging
 import sys
 from dataclasses import dataclass, field
 from typing import TextIO
+
+from lematt.progress import Progress
 
 _LOGGER = logging.getLogger("lematt")
 
@@ -25,11 +29,14 @@ class Reporter:
     test: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
     err: TextIO = field(default_factory=lambda: sys.stderr)
+    live: Progress = field(default_factory=Progress)
 
     def _prefix(self) -> str:
         return "[TEST] " if self.test else ""
 
     def _emit(self, level: int, text: str, *, quiet: bool = False) -> None:
+        if not quiet:
+            self.live.clear()
         # Handlers of lematt.logs (marked): another library's or a test harness's handler
         # on the logger does not take the lines away from their streams.
         if any(getattr(h, "lematt_output", False) for h in _LOGGER.handlers):

@@ -2,18 +2,20 @@
 
 Contract: ``await run(config, options, reporter)`` takes the conf-dir lock, finishes any store
 an earlier crash interrupted, refreshes what is kept about the CA and its renewal windows
-when it is stale (``lematt.orders.renewal_info``), plans (pure, ``lematt.plan``), orders
+when it is stale (``lematt.orders.renewal_info``), plans (``lematt.survey``, the steps it
+shares with ``lematt plan``; ``options.only`` / ``options.force`` select and force), orders
 every due job (``lematt.orders``: at most ``options.parallel`` lines in flight, each inside
 its forwarders and prepare commands; new pairs stored atomically, and what each new
 certificate was ordered with kept beside the tree), then deploys the renewed certificates
-and every deploy an earlier run still owes (``lematt.deploy``), and returns a ``RunResult``.
+and every deploy an earlier run still owes (``lematt.deploy``; with ``options.no_deploy``
+nothing is deployed and what was renewed is recorded as owed), and returns a ``RunResult``.
 ``options.deadline`` bounds the orders (counted from the start of the run): past it, every
 unfinished job fails with a timeout, and what was renewed is still deployed.
 A job's or a step's failure is a value in the result; only run-wide problems (the lock, the
 account, the challenge listener, the CA's directory) raise, as ``LemattError``. One SSH pool
 serves the whole run (forwarders and deploys), opened only when an SSH action may run.
-``result``, when the caller passes one, is filled as the run goes (every certificate after the
-scan, the due jobs after planning), so that a run stopped half-way still has a summary
+``result``, when the caller passes one, is filled as the run goes (the certificates planned for
+and the due jobs, after planning), so that a run stopped half-way still has a summary
 (``lematt.records.summary``).
 """
 
@@ -29,16 +31,26 @@ import anyio
 from lematt.config import Config
 from lematt.deploy.deployer import Deployer, Pending
 from lematt.errors import StoreError
-from lematt.model import CertRecord, CertState, Found, Job, KeyType, Outcome, RunResult
+from lematt.model import (
+    CertLine,
+    CertRecord,
+    CertState,
+    Found,
+    Job,
+    KeyType,
+    Outcome,
+    RunResult,
+)
 from lematt.orders import order_all
 from lematt.orders.account import check_before_ordering
 from lematt.orders.context import OrderEnv
-from lematt.orders.renewal_info import refresh
-from lematt.plan import plan, timing_warnings
+from lematt.orders.renewal_info import next_question, refresh
+from lematt.plan import next_due
 from lematt.report import Reporter
-from lematt.store.inventory import scan
-from lematt.store.renewal import RenewalBook, index_identity, states_for
+from lematt.store.quiet import clear_memo, write_memo
+from lematt.store.renewal import RenewalBook
 from lematt.store.tree import Store
+from lematt.survey import survey
 
 
 @dataclass(frozen=True)
@@ -50,6 +62,13 @@ class Options:
     # Seconds from the start of the run after which unfinished orders fail with a timeout
     # (``--deadline`` / ``runTimeout``); None: each order has only its own orderTimeout.
     deadline: float | None = None
+    # ``--only``: plan only the domains lines carrying one of these names (checked by the
+    # CLI before the run: lematt.survey.select_lines).
+    only: tuple[str, ...] = ()
+    # ``--force``: every selected certificate is due now, even when current.
+    force: bool = False
+    # ``--no-deploy``: order and store, deploy nothing; what was renewed stays owed.
+    no_deploy: bool = False
 
 
 def _needs_ssh(config: Config, jobs: list[Job], pending: Pending) -> bool:
@@ -81,43 +100,49 @@ async def run(config: Config, options: Options, reporter: Reporter,
         for message in store.recover():
             reporter.change(message)
         now = options.now or datetime.now(UTC)
-        names: dict[tuple[int, KeyType], str] = {}  # each certificate's file name
-        found = await anyio.to_thread.run_sync(scan, store, config.lines, settings.key_types,
-                                               names)
-        # Built only when a summary asks for it: the quiet cron run does not pay for it.
-        result.certificates = functools.partial(_records, store, config, found)
         env = OrderEnv(config, store, reporter, options.test, options.parallel,
                        options.processes, lock_fd)
-        # What the CA offers and its renewal windows (RFC 9773): asked only when what was
-        # kept is stale, so a cron run with fresh renewal info sends nothing.
-        book = RenewalBook(store.root)
-        profiles = {line.profile or "" for line in config.lines}
-        index = index_identity(store.root)
-        states, default = states_for(book, names, found, now.timestamp(), profiles, index)
-        if await refresh(env, found, names, book, default, now, index):
-            states, default = states_for(book, names, found, now.timestamp(), profiles,
-                                         index)
-        jobs = plan(settings, config.lines, found, now, states, default)
+
+        async def ask_ca(found: dict[tuple[int, KeyType], Found],
+                         names: dict[tuple[int, KeyType], str], book: RenewalBook,
+                         default: CertState | None, index: str) -> bool:
+            # What the CA offers and its renewal windows (RFC 9773): asked only when what
+            # was kept is stale, so a cron run with fresh renewal info sends nothing.
+            return await refresh(env, found, names, book, default, now, index)
+
+        due = await survey(config, store, now, only=options.only, force=options.force,
+                           refresh=ask_ca)
+        jobs, book, names = due.jobs, due.book, due.names
+        # Built only when a summary asks for it: the quiet cron run does not pay for it.
+        result.certificates = functools.partial(_records, store, due.lines, settings.key_types,
+                                                due.found)
         result.jobs = jobs
         # Config warnings (must-staple, ignored files) are news only when something is due,
         # or when a person is watching: a cron run with nothing due stays silent.
         if jobs or not reporter.cron:
-            for warning in (*config.warnings,
-                            *timing_warnings(settings, config.lines, found)):
+            for warning in due.warnings:
                 reporter.warn(warning)
         pending = store.pending.load()
-        if not jobs and not pending:
-            reporter.info(f"all {len(found)} certificates are current; nothing to do")
+        if not jobs and (not pending or options.no_deploy):
+            which = "selected " if options.only else ""
+            reporter.info(f"all {len(due.lines) * len(settings.key_types)} {which}"
+                          "certificates are current; nothing to do")
+            if not options.only and not pending:
+                _remember_quiet(env, book, due.found, due.states, due.default,
+                                now.timestamp())
             return result
+        clear_memo(store.root)
         for job in jobs:
             reporter.info(f"due: {job.label}: {job.reason}")
         if jobs:
             check_before_ordering(env, book.ca(env.directory_url))
         async with contextlib.AsyncExitStack() as stack:
+            # The terminal's status line stays fresh while orders and deploys run.
+            await stack.enter_async_context(reporter.live.running())
             # One SSH pool for the run: forwarders during the orders and deploys after them
             # share connections to the same hosts.
             pool = None
-            if _needs_ssh(config, jobs, pending):
+            if _needs_ssh(config, jobs, {} if options.no_deploy else pending):
                 from lematt.execution.ssh import SshPool
 
                 pool = await stack.enter_async_context(SshPool(
@@ -128,23 +153,43 @@ async def run(config: Config, options: Options, reporter: Reporter,
                 _keep_issued(env, book, names, result.outcomes)
             renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
             renewed = [line for line in config.lines if line.lineno in renewed_numbers]
-            if renewed or pending:
-                report = await Deployer(config, store, reporter, pool, pending).run(renewed)
+            deployer = Deployer(config, store, reporter, pool, pending)
+            if options.no_deploy:
+                # Stored now, deployed by a later run: what was renewed becomes owed.
+                deployer.defer(renewed)
+            elif renewed or pending:
+                report = await deployer.run(renewed)
                 result.steps = report.steps
                 result.deploy_seconds = report.wall_seconds
                 result.host_seconds = report.host_seconds
     return result
 
 
-def _records(store: Store, config: Config, found: dict[tuple[int, KeyType], Found]
-             ) -> list[CertRecord]:
-    """Every certificate of the config with its paths and stored state, for the summary."""
+def _records(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ...],
+             found: dict[tuple[int, KeyType], Found]) -> list[CertRecord]:
+    """Every certificate the run planned for, with its paths and stored state."""
     records = []
-    for line in config.lines:
-        for key_type in config.settings.key_types:
+    for line in lines:
+        for key_type in key_types:
             key, cert = store.layout.pair_files(line, key_type)
             records.append(CertRecord(line, key_type, key, cert, found[(line.lineno, key_type)]))
     return records
+
+
+def _remember_quiet(env: OrderEnv, book: RenewalBook, found: dict[tuple[int, KeyType], Found],
+                    states: dict[tuple[int, KeyType], CertState], default: CertState | None,
+                    now: float) -> None:
+    """After a run with nothing to do: until when the next ones stay so
+    (``lematt.store.quiet``)."""
+    config = env.config
+    # notifyAlways pings after every run: a run the memo ended would not.
+    if config.config_path is None or env.settings.notify_always:
+        return
+    until = min(next_due(env.settings, config.lines, found, states, default),
+                next_question(env, book, found, states, default, now))
+    files = [p for p in (config.config_path, config.domains_path, config.actions_path)
+             if p is not None]
+    write_memo(config.config_path, files, env.settings.conf_dir, env.store.root, until, now)
 
 
 def _keep_issued(env: OrderEnv, book: RenewalBook, names: dict[tuple[int, KeyType], str],

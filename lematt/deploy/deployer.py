@@ -9,6 +9,11 @@ deploy may need it). A host whose
 deploy failed is remembered in the store's pending file with the lines it still owes, and the
 next run retries exactly that host - also when no certificate is due then - without ordering
 anything again. A host that succeeds is cleared. Local shell strings form the host "local".
+Once a host's steps all succeeded, the ``verify`` endpoints of the sections it updates are
+checked for the lines it deployed (``lematt.verify``): each check is a "verify" step, and an
+endpoint that does not serve the stored certificate fails the host like a failed update.
+``defer(renewed)`` runs nothing and records the renewed lines as owed instead
+(``--no-deploy``); ``plan(renewed)`` is what ``run`` would do, without doing it.
 """
 
 from __future__ import annotations
@@ -20,14 +25,14 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from lematt.config import Config
+from lematt.config import Config, Section, SshRun, SshUpload
 from lematt.deploy.files import upload_files
 from lematt.deploy.hosts import HostStep, run_host
 from lematt.deploy.plan import LOCAL, Step, deploy_plan
 from lematt.errors import ConfigError, RemoteError
 from lematt.execution import CommandResult
 from lematt.execution.local import LocalRunner
-from lematt.model import CertLine, StepOutcome
+from lematt.model import CertLine, Failure, FailureKind, StepOutcome
 from lematt.report import Reporter
 from lematt.store.tree import Store
 
@@ -60,6 +65,7 @@ class Deployer:
         self._unresolvable: dict[str, str] = {}
         self._files_for = functools.partial(upload_files, store.layout,
                                             config.settings.key_types)
+        self._host_lines: dict[str, list[CertLine]] = {}  # lines a pending host is owed
 
     # -- destinations ---------------------------------------------------------------------
     def _resolve(self, written: str) -> str:
@@ -110,9 +116,8 @@ class Deployer:
             lines = list(renewed) + [known[n] for n in owed if n in known
                                      and known[n] not in renewed]
             steps = self._plan(lines).get(host)
+            self._host_lines[host] = lines
             if steps:
-                if host not in plans and not renewed:
-                    self.reporter.change(f"retrying the pending deploy to {host}")
                 plans[host] = steps
             else:
                 void.append(host)
@@ -131,30 +136,87 @@ class Deployer:
                 owed.append(line.names)
         return owed
 
+    def defer(self, renewed: Sequence[CertLine]) -> None:
+        """Deploy nothing now (``--no-deploy``): every host ``renewed`` deploys to is
+        recorded as owed those lines, beside what it was owed already, for the next run."""
+        if not renewed:
+            return
+        pending = {host: list(owed) for host, owed in self._pending.items()}
+        for line in renewed:
+            for host in self._plan([line]):
+                owed = pending.setdefault(host, [])
+                if line.names not in owed:
+                    owed.append(line.names)
+        for host, owed in pending.items():
+            if len(owed) != len(self._pending.get(host, ())):
+                self.reporter.change(f"not deployed (--no-deploy): {host} is owed "
+                                     f"{len(owed)} line(s); the next run deploys them")
+        self.store.pending.save(pending)
+
     # -- running --------------------------------------------------------------------------
     async def run(self, renewed: Sequence[CertLine]) -> DeployReport:
         report = DeployReport()
         plans, void = self.plan(renewed)
+        for host in plans if not renewed else ():
+            self.reporter.change(f"retrying the pending deploy to {host}")
         if not plans:
             if void:
                 self.store.pending.save({})  # only void debts were left
             return report
         results: dict[str, list[HostStep]] = {}
         limiter = anyio.CapacityLimiter(self.config.settings.parallel_hosts)
+        live = self.reporter.live  # the terminal's status line, if there is one
+        live.deploy_begin({host: len(steps) for host, steps in plans.items()})
+
+        async def execute(step: Step) -> CommandResult | None:
+            try:
+                return await self._execute(step)
+            finally:
+                live.step_done(step.host)
 
         async def host_task(host: str, steps: list[Step]) -> None:
             async with limiter:
                 begun = anyio.current_time()
-                results[host] = await run_host(self._execute, steps)
+                results[host] = await run_host(execute, steps)
+                if all(h.ok for h in results[host]):
+                    results[host] += await self._verify(
+                        host, self._host_lines.get(host, list(renewed)))
                 report.host_seconds[host] = anyio.current_time() - begun
+                live.host_done(host, all(h.ok for h in results[host]))
 
         started = anyio.current_time()
         async with anyio.create_task_group() as tg:
             for host, steps in plans.items():
                 tg.start_soon(host_task, host, steps)
         report.wall_seconds = anyio.current_time() - started
+        live.deploy_end()
         report.steps = self._finish(plans, results, renewed, void)
         return report
+
+    # -- verifying ------------------------------------------------------------------------
+    def _section_hosts(self, section: Section) -> set[str]:
+        """The hosts after whose steps a section's endpoints are checked: those that run its
+        updates (the reload that makes a service serve the new files), else its uploads."""
+        entries: Sequence[object] = section.update or (*section.upload_certs,
+                                                       *section.upload_keys)
+        return {self._resolve(e.ssh) if isinstance(e, SshRun | SshUpload) else LOCAL
+                for e in entries}
+
+    async def _verify(self, host: str, lines: Sequence[CertLine]) -> list[HostStep]:
+        if not any(s.verify for s in self.config.actions.all_sections()):
+            return []
+        from lematt.verify.checks import checks_for, run_checks
+
+        checks = checks_for(self.config.actions, lines, self.config.settings.key_types,
+                            self.store.layout, lambda s: host in self._section_hosts(s))
+        steps = []
+        for check, result in zip(checks, await run_checks(
+                checks, self.config.settings.verify_timeout), strict=True):
+            failure = None if result.matched else Failure(FailureKind.DEPLOY,
+                                                          result.describe())
+            steps.append(HostStep(Step("verify", check.section, host, result.describe()),
+                                  None, failure, result))
+        return steps
 
     def _finish(self, plans: dict[str, list[Step]], results: dict[str, list[HostStep]],
                 renewed: Sequence[CertLine], void: list[str]) -> list[StepOutcome]:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from lematt.deploy.plan import Step
 from lematt.errors import LemattError
 from lematt.execution import CommandResult
-from lematt.model import Failure, FailureKind, StepOutcome
+from lematt.model import Failure, FailureKind, StepOutcome, VerifyResult
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,7 @@ class HostStep:
     step: Step
     result: CommandResult | None  # None: an upload, a skipped step or one that could not start
     failure: Failure | None = None
+    verified: VerifyResult | None = None  # a "verify" step's result
 
     @property
     def ok(self) -> bool:
@@ -29,7 +30,8 @@ class HostStep:
 
     def outcome(self) -> StepOutcome:
         s = self.step
-        return StepOutcome(s.section, s.kind, s.host, s.describe(), self.failure)
+        return StepOutcome(s.section, s.kind, s.host, s.describe(), self.failure,
+                           self.verified)
 
 
 async def run_host(execute: Callable[[Step], Awaitable[CommandResult | None]],

@@ -30,7 +30,7 @@ LOCAL = "local"
 class Step:
     """One thing to do on one host. ``destination`` None means a local shell command."""
 
-    kind: str  # "uploadCerts" | "uploadKeys" | "update"
+    kind: str  # "uploadCerts" | "uploadKeys" | "update" | "verify" (made by the deployer)
     section: str
     host: str
     command: str | None  # None: an SFTP upload, or an SSH session whose key forces the command
@@ -40,9 +40,11 @@ class Step:
 
     @property
     def is_upload(self) -> bool:
-        return self.kind != "update"
+        return self.kind in ("uploadCerts", "uploadKeys")
 
     def describe(self) -> str:
+        if self.kind == "verify":
+            return self.command or ""
         if self.destination is None:
             return f"`{self.command}`"
         if self.remote_dir is not None:

@@ -58,11 +58,15 @@ async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
     account_key = load_or_create_account_key(env.settings.account_key, env.reporter.change)
     outcomes: list[Outcome] = []
 
+    live = env.reporter.live  # the terminal's status line, if there is one
+
     def record(outcome: Outcome) -> None:
         outcomes.append(outcome)
         report_outcome(env.reporter, outcome)
+        live.order_done(outcome.ok)
 
     processes = order_processes(env, jobs)
+    live.orders_begin(len(jobs))
     # A CA that stalls every order would otherwise hold the run for about
     # (orders / parallel) x orderTimeout.
     with anyio.CancelScope(deadline=deadline if deadline is not None else float("inf")) as scope:
@@ -82,4 +86,5 @@ async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
                 record(Outcome(job, failure=Failure(
                     FailureKind.TIMEOUT, "not finished when the run's deadline passed "
                     "(runTimeout in lematt.conf, or --deadline); the next run tries again")))
+    live.orders_end()
     return outcomes

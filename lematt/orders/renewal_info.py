@@ -239,3 +239,30 @@ async def _ask(env: OrderEnv, found: Mapping[tuple[int, KeyType], Found],
         reporter.info(f"renewal info unavailable for {len(failures)} certificate(s) (first "
                       f"{name}: {exc}); they keep their earlier window, else the fallback "
                       "rule decides")
+
+
+def next_question(env: OrderEnv, book: RenewalBook,
+                  found: Mapping[tuple[int, KeyType], Found],
+                  states: Mapping[tuple[int, KeyType], CertState],
+                  default: CertState | None, now: float) -> float:
+    """The earliest moment at which ``refresh`` would send the CA a request if nothing but
+    the clock changes (the states as ``store.renewal.states_for`` gives them after the
+    refresh): the directory when the kept facts turn stale, a certificate's RenewalInfo
+    at its next check; ``now`` when something is to be asked already."""
+    facts = book.ca(env.directory_url)
+    if facts is None or not all(p in facts.profiles for p in _wanted_profiles(env)):
+        return now
+    moment = facts.checked + CA_RECHECK_SECONDS
+    if not facts.renewal_info:
+        return moment
+    for key, state in found.items():
+        cert = state.cert
+        if (cert is None or state.problem is not None or not cert.cert_id
+                or cert.not_after.timestamp() <= now):
+            continue  # never asked about (see _todo)
+        kept = states.get(key, default)
+        if kept is None:
+            return now
+        if not kept.revoked:
+            moment = min(moment, kept.next_check)
+    return moment

@@ -136,12 +136,16 @@ class Index:
         self.changed = True
         return found
 
-    def save(self, keep: set[str]) -> None:
-        """Write the index (atomically) if it changed, dropping entries of files no longer
-        configured; a failure to write it only costs speed next time."""
+    def close(self) -> None:
+        """Close the directories ``lookup`` opened."""
         for fd in self._dirs.values():
             os.close(fd)
         self._dirs.clear()
+
+    def save(self, keep: set[str]) -> None:
+        """Write the index (atomically) if it changed, dropping entries of files no longer
+        configured; a failure to write it only costs speed next time."""
+        self.close()
         stale = self.entries.keys() - keep
         if not self.changed and not stale:
             return
@@ -154,10 +158,11 @@ class Index:
 
 
 def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ...],
-         names: dict[tuple[int, KeyType], str] | None = None
+         names: dict[tuple[int, KeyType], str] | None = None, *, save: bool = True
          ) -> dict[tuple[int, KeyType], Found]:
     """Found state per (line number, key type), through the index; ``names`` (if given)
-    receives each one's certificate file name, which the renewal state is keyed by."""
+    receives each one's certificate file name, which the renewal state is keyed by.
+    ``save=False`` leaves the index file as it was (``lematt plan`` writes nothing)."""
     index = Index(store)
     found: dict[tuple[int, KeyType], Found] = {}
     keep: set[str] = set()
@@ -170,5 +175,8 @@ def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ..
                 if names is not None:
                     names[(line.lineno, kt)] = cert_name
     finally:
-        index.save(keep)
+        if save:
+            index.save(keep)
+        else:
+            index.close()
     return found
