@@ -149,7 +149,7 @@ async def run(config: Config, options: Options, reporter: Reporter,
                     connect_timeout=settings.ssh_connect_timeout,
                     command_timeout=settings.ssh_command_timeout))
             if jobs:
-                result.outcomes = await order_all(env, jobs, pool, deadline=deadline)
+                await order_all(env, jobs, pool, deadline=deadline, outcomes=result.outcomes)
                 _keep_issued(env, book, names, result.outcomes)
             renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
             renewed = [line for line in config.lines if line.lineno in renewed_numbers]

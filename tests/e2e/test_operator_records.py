@@ -134,22 +134,33 @@ def test_summary_when_another_run_holds_the_lock(tmp_path: Path, make_conf: Make
 
 def test_summary_after_sigterm_mid_run(tmp_path: Path, make_conf: MakeConf,
                                        pebble: PebbleRig) -> None:
+    """SIGTERM while one order hangs in validation and another has finished: exit 130, and
+    the summary says interrupted, with the finished certificate renewed and the other
+    skipped."""
     from tests.fakes import BlackHole
 
-    conf = make_conf(tmp_path, "stuck.records.test\n", extra_conf={"keyTypes": "ec"})
+    conf = make_conf(tmp_path, "stuck.records.test\nquick.records.test\n",
+                     extra_conf={"keyTypes": "ec"})
     hole = BlackHole("127.0.0.8", pebble.http_port)  # validation connects, never answered
     pebble.add_a("stuck.records.test", "127.0.0.8")
     try:
         lematt = subprocess.Popen(
             [sys.executable, "-m", "lematt", "--test", "--config", str(conf), "--json",
              str(tmp_path / "run.json")], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)
+            stderr=subprocess.PIPE)
         try:
-            for _ in range(600):
-                if hole.clients:
+            assert lematt.stdout is not None
+            seen = b""
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:  # bounded: until both states are reached
+                if hole.clients and b"renewed quick.records.test" in seen:
                     break
-                time.sleep(0.05)  # bounded wait until the order is in validation
-            assert hole.clients, "the CA never tried to validate"
+                ready, _, _ = select.select([lematt.stdout], [], [], 0.2)
+                if ready:
+                    chunk = os.read(lematt.stdout.fileno(), 65536)
+                    assert chunk, seen
+                    seen += chunk
+            assert hole.clients and b"renewed quick.records.test" in seen, seen
             lematt.send_signal(signal.SIGTERM)
             _out, err = lematt.communicate(timeout=60)
         finally:
@@ -163,8 +174,10 @@ def test_summary_after_sigterm_mid_run(tmp_path: Path, make_conf: MakeConf,
     summary = read_summary(tmp_path / "run.json")
     assert_envelope(summary, 130)
     assert summary["interrupted"] is True and summary["failure"]["kind"] == "interrupted"
-    (entry,) = summary["certificates"]
-    assert entry["outcome"] == "skipped" and entry["reason"]
+    certs = by_name(summary)
+    assert certs[("quick.records.test", "ec")]["outcome"] == "renewed"
+    stuck = certs[("stuck.records.test", "ec")]
+    assert stuck["outcome"] == "skipped" and stuck["reason"]
 
 
 def test_json_dash_is_stdout_and_every_line_goes_to_stderr(
