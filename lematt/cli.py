@@ -470,11 +470,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "every certificate at once can exhaust the CA's rate limits)")
     if args.command is not None:
         return _command(args)
-    from lematt import logs
-
-    # Checked first: a log file that cannot be written is a usage error on every run.
+    # Checked first: a log file that cannot be written is a usage error on every run. (The
+    # logging machinery is imported only past the quiet-run memo, unless a file is named.)
     log_fd = None
     if args.log_file is not None:
+        from lematt import logs
+
         try:
             log_fd = logs.open_log_file(args.log_file)
         except OSError as exc:
@@ -499,6 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem is not None:
             print(f"lematt: --json {args.json}: {problem}", file=sys.stderr)
             return EXIT_USAGE
+    from lematt import logs
+
     logs.configure(log_file=args.log_file, log_fd=log_fd,
                    stdout_to_stderr=str(args.json) == "-")
     return _run_with_records(args)
