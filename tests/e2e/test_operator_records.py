@@ -371,6 +371,21 @@ def test_notify_always_runs_after_a_good_run_and_a_failing_hook_makes_exit_1(
     assert written["exit"] == 1 and [h["ok"] for h in written["notify"]] == [True, False]
 
 
+def test_notify_always_pings_after_every_quiet_cron_run(
+        tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt) -> None:
+    """No quiet-run memo with notifyAlways: a cron run the memo would end still pings."""
+    out = tmp_path / "hook"
+    out.mkdir()
+    conf = make_conf(tmp_path, "ping.notify.test\n", extra_conf={
+        "keyTypes": "ec", "notifyAlways": True, "notify": json.dumps([recorder(out)])})
+    for _ in range(3):
+        result = run_lematt("--test", "--cron", "--config", conf)
+        assert result.returncode == 0, result.stderr
+    assert [env for _, env in calls(out)] == [["0", "1", "0"], ["0", "0", "0"],
+                                              ["0", "0", "0"]]
+    assert not (tmp_path / "test" / ".memo" / "quiet").exists()
+
+
 def test_a_hung_notify_hook_is_stopped_at_its_timeout(
         tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt) -> None:
     pidfile = tmp_path / "hook.pid"
