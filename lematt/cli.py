@@ -1,6 +1,6 @@
 """Command line: ``lematt (--test | --prod) [--config PATH] [--parallel N] [--processes N]
-[--deadline SECONDS] [--cron] [--json PATH] [--only NAME...] [--force] [--no-deploy]
-[--debug]`` (the run), ``lematt --version``, and the commands ``lematt plan``,
+[--deadline SECONDS] [--cron] [--json PATH|-] [--log-file PATH] [--only NAME...] [--force]
+[--no-deploy] [--debug]`` (the run), ``lematt --version``, and the commands ``lematt plan``,
 ``lematt account show|update-contact|rollover|deactivate``, ``lematt revoke NAME...`` and
 ``lematt verify [NAME...]`` (exit 1: an endpoint does not serve the stored certificate).
 
@@ -10,8 +10,11 @@ certificate or action failed (all others still completed), or the run could not 
 account unreachable); 2 usage or config error, reported before anything changed (a ``--json``
 directory that is missing or not writable is one); 75 (EX_TEMPFAIL) another run holds the
 lock - nothing was done, a later run will; 130 interrupted (Ctrl-C, SIGTERM, SIGHUP) after
-cleaning up. Errors are one line; a traceback only with ``--debug``. A ``--json`` summary
-that cannot be written at the end is one line and status 1.
+cleaning up. Errors are one line; a traceback only with ``--debug``. Lines go through the
+``lematt`` logger, whose handlers ``lematt.logs`` sets up once here (``--log-file``: a file
+that cannot be opened is status 2 before the run). The ``--json`` summary (``-``: stdout) is
+written and the ``notify`` hooks run on every exit of the run (``lematt.records``); a summary
+that cannot be written, or a hook that fails, is one line and makes status 0 into 1.
 
 Every command takes ``--test | --prod``, ``--config`` and ``--debug`` like the run, before or
 after its name (``lematt --test account show`` = ``lematt account show --test``). A command is
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     from lematt.config import Config
     from lematt.errors import LemattError
-    from lematt.model import RunResult
+    from lematt.model import Failure, RunResult
     from lematt.orders.context import OrderEnv
     from lematt.report import Reporter
     from lematt.run import Options
@@ -247,7 +250,10 @@ def build_parser(commands: bool = True) -> argparse.ArgumentParser:
                    help="print nothing when nothing is due; else only renewals, actions "
                         "and failures")
     p.add_argument("--json", type=Path, metavar="PATH",
-                   help="also write a JSON summary of the run to PATH")
+                   help="also write a JSON summary of the run to PATH ('-': to stdout, "
+                        "and every other line to stderr); written on every exit")
+    p.add_argument("--log-file", type=Path, metavar="PATH",
+                   help="also append every line, timestamped, to PATH (created 0640)")
     _selection(p, top=True)
     if not commands:
         p.set_defaults(command=None)
@@ -259,8 +265,8 @@ def build_parser(commands: bool = True) -> argparse.ArgumentParser:
     return p
 
 
-async def _run_until_signal(config: Config, options: Options,
-                            reporter: Reporter) -> RunResult | None:
+async def _run_until_signal(config: Config, options: Options, reporter: Reporter,
+                            result: RunResult | None = None) -> RunResult | None:
     """Run the engine; SIGINT (Ctrl-C), SIGTERM and SIGHUP cancel it, so that shielded
     cleanup (token files, prepare process groups, key workers, temp files) runs before the
     process exits. (Left to Python, SIGINT would raise KeyboardInterrupt wherever the loop
@@ -270,7 +276,7 @@ async def _run_until_signal(config: Config, options: Options,
     task group would otherwise wrap it in an ExceptionGroup)."""
     from lematt.run import run
 
-    return await _until_signal(run(config, options, reporter))
+    return await _until_signal(run(config, options, reporter, result))
 
 
 async def _until_signal(work: Awaitable[_R]) -> _R | None:
@@ -329,7 +335,7 @@ def _run_wide_error(exc: LemattError, debug: bool) -> int:
     """One line for an error that stopped a run or command, and its exit status."""
     from lematt.errors import ConfigError, LockError
 
-    print(f"lematt: {exc}", file=sys.stderr)
+    _say(f"lematt: {exc}")
     if debug:
         traceback.print_exception(exc)
     if isinstance(exc, LockError):
@@ -337,21 +343,6 @@ def _run_wide_error(exc: LemattError, debug: bool) -> int:
     # A setting the CA needs (a profile it offers, external account binding) is a config
     # error found before any order: exit 2, as for the files themselves.
     return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
-
-
-def _write_json(path: Path, summary: dict[str, object], debug: bool) -> bool:
-    """Write the ``--json`` summary; a failure is one line on stderr and False."""
-    from lematt.errors import StoreError
-    from lematt.run import write_summary
-
-    try:
-        write_summary(path, summary)
-    except StoreError as exc:
-        print(f"lematt: {exc}", file=sys.stderr)
-        if debug:
-            traceback.print_exception(exc)
-        return False
-    return True
 
 
 def _command(args: argparse.Namespace) -> int:
@@ -479,6 +470,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                      "every certificate at once can exhaust the CA's rate limits)")
     if args.command is not None:
         return _command(args)
+    # Checked first: a log file that cannot be written is a usage error on every run. (The
+    # logging machinery is imported only past the quiet-run memo, unless a file is named.)
+    log_fd = None
+    if args.log_file is not None:
+        from lematt import logs
+
+        try:
+            log_fd = logs.open_log_file(args.log_file)
+        except OSError as exc:
+            print(f"lematt: --log-file {args.log_file}: {exc.strerror or exc}; create its "
+                  "directory, or name a file this user may write", file=sys.stderr)
+            return EXIT_USAGE
     if args.cron and args.json is None and not (args.only or args.no_deploy):
         # A cron run whose last full check found nothing to do, with every input unchanged
         # and no certificate due yet, ends here (lematt.store.quiet).
@@ -492,17 +495,118 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return EXIT_OK
         except ConfigError:
             pass  # no config found: the full path below says so
-    if args.json is not None:
+    if args.json is not None and str(args.json) != "-":
         problem = _json_target_problem(args.json)
         if problem is not None:
             print(f"lematt: --json {args.json}: {problem}", file=sys.stderr)
             return EXIT_USAGE
+    from lematt import logs
+
+    logs.configure(log_file=args.log_file, log_fd=log_fd,
+                   stdout_to_stderr=str(args.json) == "-")
+    return _run_with_records(args)
+
+
+def _say(message: str) -> None:
+    """One error line: through the ``lematt`` logger once ``lematt.logs`` set it up (the run:
+    timestamps, journal priority, log file), else plainly on stderr (the commands)."""
+    import logging
+
+    logger = logging.getLogger("lematt")
+    if any(getattr(h, "lematt_output", False) for h in logger.handlers):
+        logger.error("%s", message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _run_with_records(args: argparse.Namespace) -> int:
+    """The run, and on every way it ends the summary and the notify hooks (lematt.records)."""
+    from datetime import UTC, datetime
+
+    from lematt.model import Failure, FailureKind, RunResult
+
+    started = datetime.now(UTC)
+    result = RunResult()
+    error: Failure | None = None
+    status = EXIT_FAILED
+    crash: Exception | None = None
+    loaded: list[Config] = []  # the config, once loaded, also when the run then crashes
+    try:
+        status, error = _run_main(args, result, loaded)
+    except KeyboardInterrupt:
+        status, error = EXIT_INTERRUPTED, None
+    except Exception as exc:
+        # A bug: the summary and the hooks still say that the run failed, then the
+        # traceback follows (it is what a bug report needs).
+        crash, status, error = exc, EXIT_FAILED, Failure.of(exc)
+    config = loaded[0] if loaded else None
+    if status == EXIT_INTERRUPTED:
+        _say("lematt: interrupted; every stored key+cert pair is intact")
+        error = Failure(FailureKind.INTERRUPTED, "interrupted by a signal before the run ended")
+    if args.json is None and (config is None or not config.settings.notify):
+        if crash is not None:
+            raise crash
+        return status
+    from lematt.records import summary as summary_mod
+
+    mode = "test" if args.test else "prod"
+    summary = summary_mod.build(result, mode=mode, exit_status=status, error=error,
+                                started=started, finished=datetime.now(UTC))
+    if config is not None:
+        status = _notify(config, summary, status)
+    if args.json is not None:
+        from lematt.errors import StoreError
+
+        try:
+            summary_mod.write(args.json, summary)
+        except StoreError as exc:
+            # A summary that cannot be written (the directory went away, a full disk) fails
+            # the run: whatever reads it would otherwise take an old one for this run's.
+            _say(f"lematt: {exc}")
+            if args.debug:
+                traceback.print_exception(exc)
+            status = EXIT_FAILED if status == EXIT_OK else status
+    if crash is not None:
+        raise crash
+    return status
+
+
+def _notify(config: Config, summary: dict[str, object], status: int) -> int:
+    """Run the notify hooks when this exit calls for them; a hook's failure is one line and
+    turns a successful exit into 1 (the run's own status is never hidden). The summary
+    written afterwards records each hook's result."""
+    import anyio
+
+    from lematt.records import notify
+
+    if not notify.should_run(config.settings, status):
+        return status
+    try:
+        results = anyio.run(_until_signal, notify.run_hooks(config.settings, summary))
+    except KeyboardInterrupt:
+        results = None
+    if results is None:
+        _say("lematt: notify hooks interrupted")
+        return status if status != EXIT_OK else EXIT_INTERRUPTED
+    summary["notify"] = [r.to_json() for r in results]
+    failed = [r for r in results if not r.ok]
+    for hook in failed:
+        _say(f"lematt: {hook.error}")
+    if failed and status == EXIT_OK:
+        status = EXIT_FAILED
+        summary["exit"] = status
+    return status
+
+
+def _run_main(args: argparse.Namespace, result: RunResult, loaded: list[Config]
+              ) -> tuple[int, Failure | None]:
+    """Load the config (appended to ``loaded``) and run; (exit status, the run-wide error)."""
     # Imports after parsing keep `lematt --help` and usage errors fast.
     import anyio
 
     from lematt import config as config_mod
     from lematt.errors import ConfigError, LemattError
-    from lematt.model import Failure, RunResult
+    from lematt.model import Failure
     from lematt.progress import Progress
     from lematt.report import Reporter
     from lematt.run import Options
@@ -517,32 +621,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_mod.load(_config_path(args))
         select_lines(config.lines, args.only)  # an unknown name: usage error, exit 2
     except ConfigError as exc:
-        print(f"lematt: {exc}", file=sys.stderr)
+        _say(f"lematt: {exc}")
         if args.debug:
             traceback.print_exc()
-        return EXIT_USAGE
+        return EXIT_USAGE, Failure.of(exc)
+    loaded.append(config)
     s = config.settings
     options = Options(test=args.test, parallel=args.parallel or s.parallel,
                       processes=args.processes or s.processes,
                       deadline=args.deadline or s.run_timeout, only=tuple(args.only),
                       force=args.force, no_deploy=args.no_deploy)
-    mode = "test" if options.test else "prod"
     fewer_gc_passes()
     try:
-        result = anyio.run(_run_until_signal, config, options, reporter)
+        done = anyio.run(_run_until_signal, config, options, reporter, result)
     except LemattError as exc:
-        if args.json is not None:
-            _write_json(args.json, RunResult().to_json(mode, os.getpid(), Failure.of(exc)),
-                        args.debug)
-        return _run_wide_error(exc, args.debug)
-    except KeyboardInterrupt:
-        result = None
-    if result is None:
-        print("lematt: interrupted; every stored key+cert pair is intact", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    written = True
-    if args.json is not None:
-        # A summary that cannot be written (the directory went away, a full disk) fails the
-        # run: whatever reads it would otherwise take an old one for this run's.
-        written = _write_json(args.json, result.to_json(mode, os.getpid()), args.debug)
-    return EXIT_OK if result.ok and written else EXIT_FAILED
+        return _run_wide_error(exc, args.debug), Failure.of(exc)
+    if done is None:
+        return EXIT_INTERRUPTED, None
+    return (EXIT_OK if result.ok else EXIT_FAILED), None

@@ -76,6 +76,8 @@ class AcmeProblem(LemattError):
     subproblems: tuple[AcmeProblem, ...] = field(default_factory=tuple)
     identifier: str | None = None
     context: str = ""
+    # Seconds the CA asked to wait (its Retry-After header) when it sent one.
+    retry_after: float | None = None
 
     def __post_init__(self) -> None:
         # Every field may hold the CA's text (the context names CA URLs): escape it here,

@@ -15,17 +15,17 @@ unfinished job fails with a timeout, and what was renewed is still deployed.
 A job's or a step's failure is a value in the result; only run-wide problems (the lock, the
 account, the challenge listener, the CA's directory) raise, as ``LemattError``. One SSH pool
 serves the whole run (forwarders and deploys), opened only when an SSH action may run.
-``write_summary`` writes the JSON form of a run (``--json``) atomically.
+``result``, when the caller passes one, is filled as the run goes (the certificates planned for
+and the due jobs, after planning), so that a run stopped half-way still has a summary
+(``lematt.records.summary``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any
 
 import anyio
 
@@ -33,15 +33,22 @@ from lematt import failpoint
 from lematt.config import Config
 from lematt.deploy.deployer import Deployer
 from lematt.errors import StoreError
-from lematt.model import CertState, Found, Job, KeyType, Outcome, RunResult
+from lematt.model import (
+    CertLine,
+    CertRecord,
+    CertState,
+    Found,
+    Job,
+    KeyType,
+    Outcome,
+    RunResult,
+)
 from lematt.orders import order_all
 from lematt.orders.account import check_before_ordering
 from lematt.orders.context import OrderEnv
 from lematt.orders.renewal_info import next_question, refresh
 from lematt.plan import next_due
 from lematt.report import Reporter
-from lematt.store.atomic import write_atomic
-from lematt.store.layout import PUBLIC_MODE
 from lematt.store.pending import Owed
 from lematt.store.quiet import clear_memo, write_memo
 from lematt.store.renewal import RenewalBook
@@ -82,11 +89,14 @@ def _needs_ssh(config: Config, jobs: list[Job], pending: Owed) -> bool:
     return False
 
 
-async def run(config: Config, options: Options, reporter: Reporter) -> RunResult:
+async def run(config: Config, options: Options, reporter: Reporter,
+              result: RunResult | None = None) -> RunResult:
+    """One run; ``result`` (when given) is filled as the run goes, so that its caller still
+    has what the run knew when it is stopped half-way (a signal, a run-wide error)."""
     settings = config.settings
     deadline = None if options.deadline is None else anyio.current_time() + options.deadline
     store = Store(settings, test=options.test)
-    result = RunResult()
+    result = RunResult() if result is None else result
     # A conf dir others can write could make lematt run their commands: refused first.
     store.check_conf((config.config_path, config.domains_path, config.actions_path))
     with store.lock() as lock_fd, contextlib.closing(store):
@@ -108,6 +118,10 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
         due = await survey(config, store, now, only=options.only, force=options.force,
                            refresh=ask_ca)
         jobs, book, names = due.jobs, due.book, due.names
+        # Built only when a summary asks for it: the quiet cron run does not pay for it.
+        result.certificates = functools.partial(_records, store, due.lines, settings.key_types,
+                                                due.found)
+        result.jobs = jobs
         # Config warnings (must-staple, ignored files) are news only when something is due,
         # or when a person is watching: a cron run with nothing due stays silent.
         if jobs or not reporter.cron:
@@ -140,7 +154,7 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
                     connect_timeout=settings.ssh_connect_timeout,
                     command_timeout=settings.ssh_command_timeout))
             if jobs:
-                result.outcomes = await order_all(env, jobs, pool, deadline=deadline)
+                await order_all(env, jobs, pool, deadline=deadline, outcomes=result.outcomes)
                 _keep_issued(env, book, names, result.outcomes)
             renewed_numbers = {o.job.line.lineno for o in result.outcomes if o.changed}
             renewed = [line for line in config.lines if line.lineno in renewed_numbers]
@@ -160,13 +174,25 @@ async def run(config: Config, options: Options, reporter: Reporter) -> RunResult
     return result
 
 
+def _records(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ...],
+             found: dict[tuple[int, KeyType], Found]) -> list[CertRecord]:
+    """Every certificate the run planned for, with its paths and stored state."""
+    records = []
+    for line in lines:
+        for key_type in key_types:
+            key, cert = store.layout.pair_files(line, key_type)
+            records.append(CertRecord(line, key_type, key, cert, found[(line.lineno, key_type)]))
+    return records
+
+
 def _remember_quiet(env: OrderEnv, book: RenewalBook, found: dict[tuple[int, KeyType], Found],
                     states: dict[tuple[int, KeyType], CertState], default: CertState | None,
                     now: float) -> None:
     """After a run with nothing to do: until when the next ones stay so
     (``lematt.store.quiet``)."""
     config = env.config
-    if config.config_path is None:
+    # notifyAlways pings after every run: a run the memo ended would not.
+    if config.config_path is None or env.settings.notify_always:
         return
     until = min(next_due(env.settings, config.lines, found, states, default),
                 next_question(env, book, found, states, default, now))
@@ -193,14 +219,3 @@ def _keep_issued(env: OrderEnv, book: RenewalBook, names: dict[tuple[int, KeyTyp
             book.save(set(names.values()))
         except StoreError as exc:
             env.reporter.warn(f"{exc}; profiles of the new certificates are not recorded")
-
-
-def write_summary(path: Path, summary: dict[str, Any]) -> None:
-    """The JSON summary (``--json PATH``), written atomically so a reader never sees half.
-    A failure is a ``StoreError`` naming the path and the reason."""
-    try:
-        write_atomic(path, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode(),
-                     PUBLIC_MODE)
-    except OSError as exc:
-        raise StoreError(f"cannot write the --json summary {path}: "
-                         f"{exc.strerror or exc}") from exc

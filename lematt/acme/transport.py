@@ -225,7 +225,7 @@ class Transport:
 
     def _error(self, reply: Reply, problem: AcmeProblem | None, what: str) -> Exception:
         if problem is not None:
-            return dataclasses.replace(problem, context=what)
+            return dataclasses.replace(problem, context=what, retry_after=reply.retry_after())
         return AcmeError(
             f"{what}: the CA at {reply.url} answered HTTP {reply.status} without a problem "
             f"document: {reply.body[:200]!r}"

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lematt.config.notify import parse_notify
 from lematt.config.source import (
     Block,
     canonical_key,
@@ -71,6 +72,9 @@ KNOWN_KEYS = (
     "preferredChain",
     "allowGroupWritable",
     "verifyTimeout",
+    "notify",
+    "notifyAlways",
+    "notifyTimeout",
 )
 
 RSA_BITS = (2048, 3072, 4096)
@@ -102,7 +106,8 @@ class _EntryError(ValueError):
 def parse_settings(path: Path, text: str, conf_dir: Path) -> tuple[Settings, list[str]]:
     """Validate lematt.conf ``text`` (read from ``path``) into ``Settings`` plus warnings."""
     warnings: list[str] = []
-    if detect_format(path, text) == "ini":
+    is_ini = detect_format(path, text) == "ini"
+    if is_ini:
         blocks = read_ini(path, text)
         found = [b for b in blocks if b.name == "config"]
         if not found:
@@ -135,10 +140,11 @@ def parse_settings(path: Path, text: str, conf_dir: Path) -> tuple[Settings, lis
         if key is None:
             raise unknown_key(path, entry.line, entry.key, KNOWN_KEYS)
         values[key] = (entry.value, entry.line)
-    return _build(path, conf_dir, values), warnings
+    return _build(path, conf_dir, values, is_json=is_ini), warnings
 
 
-def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) -> Settings:
+def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]], *,
+           is_json: bool = True) -> Settings:
     def get(key: str, convert: Callable[[object], object]) -> object:
         if key not in values or is_unset(values[key][0]):
             return _MISSING
@@ -201,12 +207,16 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "preferredChain": ("preferred_chain", _printable),
         "allowGroupWritable": ("allow_group_writable", to_bool),
         "verifyTimeout": ("verify_timeout", _positive_seconds),
+        "notifyAlways": ("notify_always", to_bool),
+        "notifyTimeout": ("notify_timeout", _positive_seconds),
     }
     for key, (field_name, convert) in simple.items():
         result = get(key, convert)
         if result is not _MISSING:
             kw[field_name] = result
 
+    if "notify" in values:
+        kw["notify"] = parse_notify(path, *values["notify"], is_json)
     curve_written = get("curve", _curve_as_written)
     if curve_written is not _MISSING:
         kw["curve"] = CURVE_NAMES[str(curve_written)]

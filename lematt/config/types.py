@@ -73,6 +73,11 @@ class Settings:
     # Seconds the check of one endpoint may take, tries included (actions' ``verify``):
     # services reload asynchronously, so a few tries over this window before a mismatch counts.
     verify_timeout: float = 10.0
+    # Commands run after a run with failures (after every run with notify_always), each a
+    # local shell string or an SshRun; each bounded by notify_timeout seconds.
+    notify: tuple[str | SshRun, ...] = ()
+    notify_always: bool = False
+    notify_timeout: float = 60.0
     # Where each key was written (file and line), for messages that name the setting.
     source: Path | None = field(default=None, compare=False)
     key_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)

@@ -288,10 +288,11 @@ class SshRunner:
     def __init__(self, pool: SshPool, destination: SshDestination) -> None:
         self.pool, self.destination, self.name = pool, destination, destination.written
 
-    async def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+    async def run(self, command: str, *, timeout: float | None = None,
+                  input: bytes | None = None) -> CommandResult:
         """Run ``command`` (a shell string, values already quoted by the caller) with stdin at
-        EOF; ``timeout`` defaults to the pool's command timeout."""
-        return await self._execute(command, timeout)
+        EOF, or ``input`` then EOF; ``timeout`` defaults to the pool's command timeout."""
+        return await self._execute(command, timeout, input)
 
     async def open_session(self, *, timeout: float | None = None) -> CommandResult:
         """Open a session without a command: for keys with ``command="..."`` in
@@ -309,7 +310,8 @@ class SshRunner:
                               f"{reason(exc)}") from exc
         return conn, proc
 
-    async def _execute(self, command: str | None, timeout: float | None) -> CommandResult:
+    async def _execute(self, command: str | None, timeout: float | None,
+                       input: bytes | None = None) -> CommandResult:
         label = SESSION_LABEL if command is None else command
         limit = self.pool.command_timeout if timeout is None else timeout
         token = secrets.token_hex(8)
@@ -317,9 +319,14 @@ class SshRunner:
         conn, proc = await self._start(command, out, err, token)
         finished = False
         try:
-            with contextlib.suppress(asyncssh.Error, OSError):
-                proc.stdin.write_eof()  # like </dev/null: nothing waits for our input
             with anyio.move_on_after(limit):
+                if input:
+                    # A command that does not read its input is not an error.
+                    with contextlib.suppress(asyncssh.Error, OSError):
+                        proc.stdin.write(input)
+                        await proc.stdin.drain()
+                with contextlib.suppress(asyncssh.Error, OSError):
+                    proc.stdin.write_eof()  # like </dev/null: nothing waits for our input
                 await proc.wait_closed()
                 finished = True
         finally:

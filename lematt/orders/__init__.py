@@ -46,7 +46,10 @@ def order_processes(env: OrderEnv, jobs: list[Job]) -> int:
 
 
 async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
-                    deadline: float | None = None) -> list[Outcome]:
+                    deadline: float | None = None,
+                    outcomes: list[Outcome] | None = None) -> list[Outcome]:
+    """Order every job; returns their outcomes. ``outcomes`` (when given) is the list they
+    are appended to as they finish, so that a run stopped half-way still knows them."""
     from lematt.orders.account import ensure_registered
     from lematt.orders.lines import order_here
     from lematt.orders.pipeline import report_outcome
@@ -56,7 +59,7 @@ async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
     # account's before anything is signed with it.
     await resolve_rollover(env)
     account_key = load_or_create_account_key(env.settings.account_key, env.reporter.change)
-    outcomes: list[Outcome] = []
+    outcomes = [] if outcomes is None else outcomes
 
     live = env.reporter.live  # the terminal's status line, if there is one
 
