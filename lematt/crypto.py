@@ -317,3 +317,24 @@ def top_issuer_cn(pem: str | bytes) -> str | None:
     ends at (what ``preferredChain`` names)."""
     cns = _chain_certs(pem)[-1].issuer.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(cns[0].value) if cns else None
+
+
+def certificate_serial_and_expiry(der: bytes) -> tuple[str, datetime]:
+    """A DER certificate's serial number (hex) and notAfter; ``CryptoError`` for bytes that
+    are not one (a server may send anything)."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        return f"{cert.serial_number:x}", cert.not_valid_after_utc
+    except ValueError as exc:
+        raise CryptoError(f"not a readable certificate ({exc})") from None
+
+
+def certificate_key_type(der: bytes) -> str:
+    """"rsa", "ec" or "other": the kind of public key a DER certificate carries."""
+    try:
+        key = x509.load_der_x509_certificate(der).public_key()
+    except ValueError as exc:
+        raise CryptoError(f"not a readable certificate ({exc})") from None
+    if isinstance(key, rsa.RSAPublicKey):
+        return "rsa"
+    return "ec" if isinstance(key, ec.EllipticCurvePublicKey) else "other"

@@ -76,7 +76,7 @@ class AcmeProblem(LemattError):
     subproblems: tuple[AcmeProblem, ...] = field(default_factory=tuple)
     identifier: str | None = None
     context: str = ""
-    # Seconds the CA's Retry-After asked for (RFC 8555 section 6.6), when it sent one.
+    # Seconds the CA asked to wait (its Retry-After header) when it sent one.
     retry_after: float | None = None
 
     def __post_init__(self) -> None:

@@ -4,7 +4,8 @@ Contract: plain values with no I/O and no heavy imports (no cryptography, no aio
 domains line (``CertLine``), what is known of a stored certificate (``CertInfo``, ``Found``)
 and what is kept about it beside the tree (``CertState``, with the CA's ``RenewalWindow``),
 one unit of work (``Job``: a line and a key type, with the reason it is due), what became of
-it (``Outcome``, with a structured ``Failure``), one deploy step's result (``StepOutcome``)
+it (``Outcome``, with a structured ``Failure``), one deploy step's result (``StepOutcome``,
+with ``VerifyResult`` for a check of what an endpoint serves)
 and a whole run (``RunResult``). ``outcome_to_json`` / ``outcome_from_json`` are the only
 codec of an outcome (order processes send it, ``--json`` writes it). Nothing here knows about
 files, the CA or hosts.
@@ -13,8 +14,9 @@ files, the CA or hosts.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
@@ -26,6 +28,7 @@ from lematt.errors import (
     ChallengeError,
     ConfigError,
     LemattError,
+    LockError,
     RemoteError,
     StoreError,
 )
@@ -162,6 +165,9 @@ class FailureKind(StrEnum):
     CONFIG = "config"
     STORE = "store"
     INTERNAL = "internal"
+    # Run-wide only: another run held the lock; a signal stopped the run.
+    LOCKED = "locked"
+    INTERRUPTED = "interrupted"
 
 
 _PROBLEM_PREFIX = "urn:ietf:params:acme:error:"
@@ -173,12 +179,13 @@ _VALIDATION_PROBLEMS = frozenset(f"{_PROBLEM_PREFIX}{t}" for t in (
 @dataclass(frozen=True)
 class Failure:
     """Why a job or step failed: ``message`` is the sentence shown to the user; ``problem``
-    the CA's problem type (a URN) when the CA sent one; ``retry_after`` the seconds its
-    Retry-After asked for, when it sent one (the back-off waits at least that long)."""
+    the CA's problem type (a URN) and ``detail`` its text when the CA sent one;
+    ``retry_after`` the seconds the CA asked to wait (its Retry-After), when it did."""
 
     kind: FailureKind
     message: str
     problem: str | None = None
+    detail: str | None = None
     retry_after: float | None = None
 
     def __str__(self) -> str:
@@ -188,9 +195,12 @@ class Failure:
     def of(cls, error: BaseException) -> Failure:
         """The failure an exception stands for (lematt's errors; anything else is internal)."""
         cause = error if isinstance(error, AcmeProblem) else error.__cause__
-        problem = cause.type if isinstance(cause, AcmeProblem) else None
+        ca = cause if isinstance(cause, AcmeProblem) else None
+        problem = ca.type if ca is not None else None
         kind: FailureKind
-        if problem == f"{_PROBLEM_PREFIX}rateLimited":
+        if isinstance(error, LockError):
+            kind = FailureKind.LOCKED
+        elif problem == f"{_PROBLEM_PREFIX}rateLimited":
             kind = FailureKind.RATE_LIMITED
         elif isinstance(error, ChallengeError) or problem in _VALIDATION_PROBLEMS:
             kind = FailureKind.VALIDATION
@@ -208,15 +218,14 @@ class Failure:
             kind = FailureKind.CA
         else:
             return cls(FailureKind.INTERNAL, f"internal error: {error!r}")
-        retry_after = getattr(error, "retry_after", None)
-        if retry_after is None:
-            retry_after = getattr(cause, "retry_after", None)
-        return cls(kind, str(error), problem,
-                   float(retry_after) if isinstance(retry_after, int | float) else None)
+        # A 429/503 without a problem document carries its Retry-After on the AcmeError.
+        retry_after = ca.retry_after if ca is not None else getattr(error, "retry_after", None)
+        return cls(kind, str(error), problem, ca.detail if ca is not None else None,
+                   retry_after if isinstance(retry_after, int | float) else None)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": str(self.kind), "message": self.message, "problem": self.problem,
-                "retry_after": self.retry_after}
+                "detail": self.detail, "retry_after": self.retry_after}
 
     @classmethod
     def from_json(cls, data: Any) -> Failure:
@@ -224,12 +233,12 @@ class Failure:
             kind = FailureKind(data.get("kind"))
         except ValueError:
             kind = FailureKind.INTERNAL
-        problem = data.get("problem")
-        retry_after = data.get("retry_after")
+        problem, detail, retry = data.get("problem"), data.get("detail"), data.get("retry_after")
         return cls(kind, str(data.get("message", "")),
                    problem if isinstance(problem, str) else None,
-                   float(retry_after) if isinstance(retry_after, int | float)
-                   and not isinstance(retry_after, bool) else None)
+                   detail if isinstance(detail, str) else None,
+                   float(retry) if isinstance(retry, int | float)
+                   and not isinstance(retry, bool) else None)
 
 
 @dataclass
@@ -252,6 +261,8 @@ class Outcome:
 def outcome_to_json(outcome: Outcome) -> dict[str, Any]:
     job = outcome.job
     return {
+        "outcome": "renewed" if outcome.changed else "failed" if outcome.failure else "unchanged",
+        "serial": serial_of(outcome.cert_id),
         "lineno": job.line.lineno, "names": list(job.line.names), "key_type": job.key_type,
         "reason": job.reason, "renewed": outcome.changed, "new_key": outcome.new_key,
         "not_after": outcome.not_after.isoformat() if outcome.not_after else None,
@@ -272,18 +283,113 @@ def outcome_from_json(job: Job, data: dict[str, Any]) -> Outcome:
 
 
 @dataclass(frozen=True)
+class Served:
+    """One certificate as a server presented it or as it is stored: serial (hex) and
+    notAfter, enough to tell two apart in a message."""
+
+    serial: str
+    not_after: datetime
+
+    def __str__(self) -> str:
+        return f"serial {self.serial}, notAfter {self.not_after:%Y-%m-%d %H:%M:%S}Z"
+
+    def to_json(self) -> dict[str, str]:
+        return {"serial": self.serial, "not_after": self.not_after.isoformat()}
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Whether an endpoint serves the stored certificate of one line and key type.
+
+    ``name`` is the server name (SNI) asked for; ``served`` is None when no certificate was
+    read (``error`` says why); ``matched`` compares the leaves' SHA-256 fingerprints."""
+
+    endpoint: str
+    name: str
+    key_type: KeyType
+    matched: bool
+    expected: Served | None
+    served: Served | None = None
+    error: str | None = None
+
+    def describe(self) -> str:
+        where = f"{self.endpoint} for {self.name} ({self.key_type.upper()})"
+        if self.matched:
+            return f"{where} serves the stored certificate ({self.expected})"
+        if self.expected is None:
+            return f"{where}: {self.error}"
+        shown = f"serves {self.served}" if self.served else f"{self.error}"
+        return f"{where}: expected {self.expected}; {shown}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"endpoint": self.endpoint, "name": self.name, "key_type": self.key_type,
+                "matched": self.matched,
+                "expected": self.expected.to_json() if self.expected else None,
+                "served": self.served.to_json() if self.served else None,
+                "error": self.error}
+
+
+@dataclass(frozen=True)
 class StepOutcome:
     """One deploy step as it ran: which section's which kind of step on which host."""
 
     section: str
-    kind: str  # "uploadCerts" | "uploadKeys" | "update"
+    kind: str  # "uploadCerts" | "uploadKeys" | "update" | "verify"
     host: str
     what: str
     failure: Failure | None = None
+    # A "verify" step: what the endpoint served (lematt.verify).
+    verified: VerifyResult | None = None
 
     @property
     def ok(self) -> bool:
         return self.failure is None
+
+
+def serial_of(cert_id: str) -> str | None:
+    """The serial number (lowercase hex) inside an ARI certID (``AKI.serial``, base64url),
+    None when unknown."""
+    import base64
+    import binascii
+
+    _, dot, serial = cert_id.partition(".")
+    if not dot or not serial:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(serial + "=" * (-len(serial) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return format(int.from_bytes(raw, "big"), "x") if raw else None
+
+
+@dataclass(frozen=True)
+class CertRecord:
+    """One certificate of the config as the run found it: where its pair lives and what was
+    stored there when the run started (for the summary's every-certificate list)."""
+
+    line: CertLine
+    key_type: KeyType
+    key_path: str
+    cert_path: str
+    found: Found
+
+
+# The summary's format (``--json``): raised when a field changes meaning or goes away, not
+# when one is added.
+SUMMARY_SCHEMA = 1
+
+
+def _iso(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _step_json(s: StepOutcome) -> dict[str, Any]:
+    return ({"section": s.section, "kind": s.kind, "what": s.what, "host": s.host, "ok": s.ok,
+             "error": s.failure.message if s.failure else None,
+             "failure": s.failure.to_json() if s.failure else None}
+            | ({"verify": s.verified.to_json()} if s.verified else {}))
 
 
 @dataclass
@@ -292,25 +398,84 @@ class RunResult:
     steps: list[StepOutcome] = field(default_factory=list)
     deploy_seconds: float = 0.0
     host_seconds: dict[str, float] = field(default_factory=dict)
+    # Filled as the run goes, so that a run stopped half-way still reports what it knew:
+    # every certificate of the config (after the scan) and the due jobs (after planning;
+    # None: not planned).
+    certificates: Callable[[], list[CertRecord]] | None = None
+    jobs: list[Job] | None = None
 
     @property
     def ok(self) -> bool:
         return all(o.ok for o in self.outcomes) and all(s.ok for s in self.steps)
 
-    def to_json(self, mode: str, pid: int, error: Failure | None = None) -> dict[str, Any]:
-        """The run summary (``--json``); ``error`` is a run-wide error that stopped it."""
+    def _certificate_entries(self) -> list[dict[str, Any]]:
+        """Every certificate: its outcome when it had an order, else what the run knew."""
+        outcomes = {(o.job.line.lineno, o.job.key_type): o for o in self.outcomes}
+        due = {(j.line.lineno, j.key_type): j for j in self.jobs or ()}
+        entries = []
+        for record in self.certificates() if self.certificates is not None else ():
+            key = (record.line.lineno, record.key_type)
+            cert = record.found.cert
+            outcome = outcomes.pop(key, None)
+            if outcome is not None:
+                entry = outcome_to_json(outcome)
+            else:
+                job = due.get(key)
+                state = ("skipped" if job is not None else "unknown" if self.jobs is None
+                         else "current")
+                entry = {
+                    "outcome": state, "lineno": record.line.lineno,
+                    "names": list(record.line.names), "key_type": record.key_type,
+                    "reason": job.reason if job else None, "renewed": False, "new_key": False,
+                    "serial": serial_of(cert.cert_id) if cert else None,
+                    "not_after": cert.not_after.isoformat() if cert else None,
+                    "error": None, "failure": None, "profile": record.line.profile,
+                    "cert_id": (cert.cert_id or None) if cert else None,
+                }
+            if outcome is not None and not outcome.changed and cert is not None:
+                # A failed order left the stored certificate as it was.
+                entry["serial"] = serial_of(cert.cert_id)
+                entry["not_after"] = cert.not_after.isoformat()
+            entry["paths"] = {"key": record.key_path, "cert": record.cert_path}
+            entries.append(entry)
+        # Outcomes of certificates the run did not record (none in a normal run).
+        entries.extend(outcome_to_json(o) for o in outcomes.values())
+        return entries
+
+    def to_json(self, mode: str, pid: int, error: Failure | None = None, *,
+                exit_status: int | None = None, started: datetime | None = None,
+                finished: datetime | None = None, version: str | None = None
+                ) -> dict[str, Any]:
+        """The run summary (``--json``, README "Run summary"); ``error`` is a run-wide
+        error that stopped it (its kind ``interrupted`` for a signal)."""
+        certificates = self._certificate_entries()
+        counts: dict[str, int] = {}
+        for entry in certificates:
+            counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+        hosts: dict[str, dict[str, Any]] = {}
+        for s in self.steps:
+            host = hosts.setdefault(s.host, {"ok": True, "seconds": None, "steps": []})
+            host["ok"] = host["ok"] and s.ok
+            host["steps"].append(_step_json(s))
+        for name, seconds in self.host_seconds.items():
+            hosts.setdefault(name, {"ok": True, "seconds": None, "steps": []})
+            hosts[name]["seconds"] = round(seconds, 3)
         return {
+            "schema": SUMMARY_SCHEMA,
+            "lematt": version,
+            "started": _iso(started),
+            "finished": _iso(finished),
             "mode": mode,
             "pid": pid,
+            "exit": exit_status,
             "ok": self.ok and error is None,
+            "interrupted": error is not None and error.kind is FailureKind.INTERRUPTED,
             "error": error.message if error else None,
             "failure": error.to_json() if error else None,
-            "certificates": [outcome_to_json(o) for o in self.outcomes],
+            "counts": counts,
+            "certificates": certificates,
             "deploy": {"wall_s": round(self.deploy_seconds, 3),
-                       "hosts_s": {h: round(t, 3) for h, t in self.host_seconds.items()}},
-            "actions": [
-                {"section": s.section, "kind": s.kind, "what": s.what, "host": s.host,
-                 "ok": s.ok, "error": s.failure.message if s.failure else None}
-                for s in self.steps
-            ],
+                       "hosts_s": {h: round(t, 3) for h, t in self.host_seconds.items()},
+                       "hosts": hosts},
+            "actions": [_step_json(s) for s in self.steps],
         }

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from lematt.config import Settings
-from lematt.model import CertInfo, CertLine, CertState, Found, Job, KeyType
+from lematt.model import CertInfo, CertLine, CertState, Found, Job, KeyType, RenewalWindow
 
 # Below this lifetime a third left is too little room for a failed run or two (a 6-day
 # certificate would have 2 days): renew at half of it instead.
@@ -122,9 +122,10 @@ def due_reason(settings: Settings, line: CertLine, found: Found, now: datetime,
 def plan(settings: Settings, lines: tuple[CertLine, ...],
          found: Mapping[tuple[int, KeyType], Found], now: datetime,
          states: Mapping[tuple[int, KeyType], CertState] | None = None,
-         default: CertState | None = None) -> list[Job]:
+         default: CertState | None = None, force: str | None = None) -> list[Job]:
     """``default``: the state of every certificate with a certID that ``states`` does not
-    name (``store.renewal.states_for``: one state standing for all while none is due)."""
+    name (``store.renewal.states_for``: one state standing for all while none is due).
+    ``force``: every pair of ``lines`` is due, with this reason where no rule makes it so."""
     jobs: list[Job] = []
     states = states or {}
     now_ts = now.timestamp()
@@ -136,7 +137,7 @@ def plan(settings: Settings, lines: tuple[CertLine, ...],
             if kept is None and default is not None and state.cert is not None \
                     and state.cert.cert_id:
                 kept = default
-            reason = due_reason(settings, line, state, now, kept, now_ts)
+            reason = due_reason(settings, line, state, now, kept, now_ts) or force
             if reason is not None:
                 cert_id = state.cert.cert_id if state.cert is not None else ""
                 jobs.append(Job(line, key_type, reason, state, replaces=cert_id or None,
@@ -175,3 +176,72 @@ def timing_warnings(settings: Settings, lines: tuple[CertLine, ...],
                 f"certificate(s) (first {line.primary} ({key_type.upper()}), "
                 f"{_days(lifetime)}): they are {effect}")
     return warnings
+
+
+def due_at(settings: Settings, line: CertLine, found: Found,
+           state: CertState | None = None) -> float:
+    """The moment (seconds since the epoch) from which ``due_reason`` names a reason for
+    this pair if nothing but the clock changes; 0.0 when it is due whatever the time.
+    Rule by rule the same decisions as ``due_reason`` (kept in step by
+    tests/unit/test_plan_due_at.py), so that a quiet run can say until when it stays quiet.
+    Where rounding could tip ``due_reason`` either way (a value within a second of a
+    limit), the earlier moment is answered: early is only a full run too many."""
+    cert = found.cert
+    if cert is None or found.problem is not None or frozenset(line.names) != cert.names:
+        return 0.0
+    window = None
+    if state is not None:
+        if state.revoked:
+            return 0.0
+        if state.profile is not None and state.profile != (line.profile or ""):
+            return 0.0
+        window = state.window
+    not_before, not_after = cert.not_before.timestamp(), cert.not_after.timestamp()
+    if window is not None and window.chosen >= not_after - 1.0:
+        # Not trusted with the certificate's life (see due_reason); at the limit itself,
+        # either way.
+        untrusted = _due_moment(settings, not_before, not_after, None)
+        if window.chosen >= not_after + 1.0:
+            return untrusted
+        return min(untrusted, _due_moment(settings, not_before, not_after, window))
+    return _due_moment(settings, not_before, not_after, window)
+
+
+def _due_moment(settings: Settings, not_before: float, not_after: float,
+                window: RenewalWindow | None) -> float:
+    moment = not_after  # expired
+    if window is not None:
+        moment = min(moment, window.end)
+    lifetime = not_after - not_before
+    part = 2 if lifetime < _SHORT_SECONDS else 3
+    fallback = not_after - lifetime / part
+    after = settings.generate_new_certs_after_days
+    if after:
+        moment = min(moment, not_before + after * 86400)
+        # Within a second of the lifetime, rounding decides which rule due_reason takes.
+        return moment if after * 86400 < lifetime - 1.0 else min(moment, fallback)
+    if settings.reauthorize_days is not None:
+        return min(moment, not_after - settings.reauthorize_days * 86400)
+    if window is not None:
+        return min(moment, window.chosen)
+    return min(moment, fallback)
+
+
+def next_due(settings: Settings, lines: tuple[CertLine, ...],
+             found: Mapping[tuple[int, KeyType], Found],
+             states: Mapping[tuple[int, KeyType], CertState] | None = None,
+             default: CertState | None = None) -> float:
+    """The earliest ``due_at`` of every pair (the arguments as for ``plan``); infinity
+    when there are none."""
+    states = states or {}
+    earliest = float("inf")
+    for line in lines:
+        for key_type in settings.key_types:
+            key = (line.lineno, key_type)
+            state = found[key]
+            kept = states.get(key)
+            if kept is None and default is not None and state.cert is not None \
+                    and state.cert.cert_id:
+                kept = default
+            earliest = min(earliest, due_at(settings, line, state, kept))
+    return earliest

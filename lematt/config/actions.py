@@ -9,7 +9,9 @@ Structure (upstream's): ``[default]`` applies to certificates no override names,
 to all certificates, any other section is an override with ``domains:`` (full names,
 separated by spaces; shorthand is not expanded here). ``prepare``, ``uploadCerts``,
 ``uploadKeys`` and ``update`` are lists of shell strings: JSON lists in INI (upstream ran them
-through ``json.loads``), YAML lists in YAML. ``ocspStapleRequired`` and ``profile`` (the CA
+through ``json.loads``), YAML lists in YAML. ``verify`` lists endpoints that must serve the
+section's certificates after its updates (``lematt.config.endpoints``), in the same two
+forms. ``ocspStapleRequired`` and ``profile`` (the CA
 profile to order with) may be set in ``[default]`` and in overrides; an override without
 one takes ``[default]``'s value.
 """
@@ -19,6 +21,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lematt.config.endpoints import EXAMPLE as _VERIFY_EXAMPLE
+from lematt.config.endpoints import Endpoint, parse_endpoint
 from lematt.config.remote import parse_structured
 from lematt.config.settings import profile_name
 from lematt.config.source import (
@@ -37,7 +41,7 @@ from lematt.errors import ConfigError
 from lematt.names import validate_dns_name
 
 ACTION_KEYS = ("prepare", "uploadCerts", "uploadKeys", "update")
-ALL_KEYS = (*ACTION_KEYS, "ocspStapleRequired", "profile", "domains")
+ALL_KEYS = (*ACTION_KEYS, "verify", "ocspStapleRequired", "profile", "domains")
 _FIELDS = {"prepare": "prepare", "uploadCerts": "upload_certs", "uploadKeys": "upload_keys",
            "update": "update"}
 _NOT_ALLOWED = {
@@ -82,8 +86,11 @@ def parse_actions(path: Path, text: str, line_names: frozenset[str]) -> \
     default = every = None
     overrides: list[Section] = []
     for block, values in zip(blocks, parsed, strict=True):
-        lists = {_FIELDS[k]: _command_list(path, block.name, k, *values[k], is_ini)
-                 for k in ACTION_KEYS if k in values}
+        lists: dict[str, object] = {
+            _FIELDS[k]: _command_list(path, block.name, k, *values[k], is_ini)
+            for k in ACTION_KEYS if k in values}
+        if "verify" in values:
+            lists["verify"] = _verify_list(path, block.name, *values["verify"], is_ini)
         if block.name == "every":
             every = Section("every", lineno=block.line, **lists)
             continue
@@ -104,7 +111,8 @@ def _yaml_section(path: Path, entry: Entry) -> Block:
         return Block(entry.key, entry.line, ())
     if not isinstance(entry.value, Block):
         raise ConfigError(f"section '{entry.key}' must be a mapping of keys (prepare, "
-                          "uploadCerts, uploadKeys, update, ocspStapleRequired, domains)",
+                          "uploadCerts, uploadKeys, update, verify, ocspStapleRequired, "
+                          "domains)",
                           path=path, line=entry.line)
     return Block(entry.key, entry.line, entry.value.entries)
 
@@ -170,6 +178,37 @@ def _command_list(path: Path, section: str, key: str, value: object, line: int,
         else:
             actions.append(item)
     return tuple(actions)
+
+
+def _verify_list(path: Path, section: str, value: object, line: int,
+                 is_json: bool) -> tuple[Endpoint, ...]:
+    where = f"verify in [{section}]"
+    if is_unset(value):
+        return ()
+    if is_json:
+        try:
+            value = json.loads(str(value))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); write a JSON list "
+                f"of endpoints such as [{_VERIFY_EXAMPLE}]",
+                path=path, line=line + exc.lineno - 1) from None
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of endpoints such as "
+                          f"[{_VERIFY_EXAMPLE}], not {value!r}", path=path, line=line)
+    endpoints: list[Endpoint] = []
+    for item in value:
+        at = line
+        if isinstance(item, Block):
+            at = item.line
+            item = {e.key: e.value for e in item.entries}
+        try:
+            endpoint = parse_endpoint(item)
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}", path=path, line=at) from None
+        if endpoint not in endpoints:
+            endpoints.append(endpoint)
+    return tuple(endpoints)
 
 
 def _override_domains(path: Path, block: Block, values: dict[str, tuple[object, int]],

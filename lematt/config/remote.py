@@ -1,7 +1,8 @@
 """The structured (SSH) forms of actions, in actions.conf and actions.yaml alike.
 
 Contract: ``parse_structured(path, where, key, item, line)`` turns one mapping inside an
-action list into ``SshUpload`` (uploadCerts/uploadKeys), ``SshRun`` (update) or
+action list into ``SshUpload`` (uploadCerts/uploadKeys), ``SshRun`` (update, and lematt.conf's
+``notify``) or
 ``SshForward`` (prepare), or raises ``ConfigError`` naming file:line, the section and key, and
 what is allowed. Destinations are checked here so that a value can never reach ssh as an
 option (no leading '-', no spaces or shell characters).
@@ -24,12 +25,14 @@ _ALLOWED = {
     "uploadCerts": ({"ssh", "to"}, {"mode"}),
     "uploadKeys": ({"ssh", "to"}, {"mode"}),
     "update": ({"ssh"}, {"run"}),
+    "notify": ({"ssh", "run"}, set()),
     "prepare": ({"ssh", "forward"}, {"listen", "command"}),
 }
 _EXAMPLES = {
     "uploadCerts": '{"ssh": "web1", "to": "/etc/ssl/lematt", "mode": "0644"}',
     "uploadKeys": '{"ssh": "web1", "to": "/etc/ssl/private", "mode": "0600"}',
     "update": '{"ssh": "web1", "run": "systemctl reload nginx"}',
+    "notify": '{"ssh": "monitor", "run": "logger -t lematt run failed"}',
     "prepare": '{"ssh": "web1", "forward": "http://central.example.com"}',
 }
 
@@ -71,7 +74,7 @@ def parse_structured(path: Path, where: str, key: str, item: Block | dict[str, o
                    "config, or [user@]host[:port])", values["ssh"][1])
     if key in ("uploadCerts", "uploadKeys"):
         return SshUpload(dest, text("to") or "", _mode(values.get("mode"), fail))
-    if key == "update":
+    if key in ("update", "notify"):
         return SshRun(dest, text("run"))
     forward = text("forward") or ""
     parts = urlsplit(forward)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from lematt.config.notify import parse_notify
 from lematt.config.source import (
     Block,
     canonical_key,
@@ -69,6 +70,11 @@ KNOWN_KEYS = (
     "eabHmacKeyFile",
     "agreeTermsOfService",
     "preferredChain",
+    "allowGroupWritable",
+    "verifyTimeout",
+    "notify",
+    "notifyAlways",
+    "notifyTimeout",
     "metricsFile",
 )
 
@@ -101,7 +107,8 @@ class _EntryError(ValueError):
 def parse_settings(path: Path, text: str, conf_dir: Path) -> tuple[Settings, list[str]]:
     """Validate lematt.conf ``text`` (read from ``path``) into ``Settings`` plus warnings."""
     warnings: list[str] = []
-    if detect_format(path, text) == "ini":
+    is_ini = detect_format(path, text) == "ini"
+    if is_ini:
         blocks = read_ini(path, text)
         found = [b for b in blocks if b.name == "config"]
         if not found:
@@ -134,7 +141,7 @@ def parse_settings(path: Path, text: str, conf_dir: Path) -> tuple[Settings, lis
         if key is None:
             raise unknown_key(path, entry.line, entry.key, KNOWN_KEYS)
         values[key] = (entry.value, entry.line)
-    settings = _build(path, conf_dir, values)
+    settings = _build(path, conf_dir, values, is_json=is_ini)
     if settings.metrics_file is not None and settings.metrics_file.suffix != ".prom":
         # node_exporter's textfile collector reads only *.prom files.
         warnings.append(f"{settings.where('metricsFile')}: metricsFile "
@@ -143,7 +150,8 @@ def parse_settings(path: Path, text: str, conf_dir: Path) -> tuple[Settings, lis
     return settings, warnings
 
 
-def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) -> Settings:
+def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]], *,
+           is_json: bool = True) -> Settings:
     def get(key: str, convert: Callable[[object], object]) -> object:
         if key not in values or is_unset(values[key][0]):
             return _MISSING
@@ -204,6 +212,10 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         "eabHmacKeyFile": ("eab_hmac_key", lambda v: _hmac_key_file(as_path(v))),
         "agreeTermsOfService": ("agree_terms_of_service", to_bool),
         "preferredChain": ("preferred_chain", _printable),
+        "allowGroupWritable": ("allow_group_writable", to_bool),
+        "verifyTimeout": ("verify_timeout", _positive_seconds),
+        "notifyAlways": ("notify_always", to_bool),
+        "notifyTimeout": ("notify_timeout", _positive_seconds),
         "metricsFile": ("metrics_file", lambda v: _metrics_file(as_path(v))),
     }
     for key, (field_name, convert) in simple.items():
@@ -211,6 +223,8 @@ def _build(path: Path, conf_dir: Path, values: dict[str, tuple[object, int]]) ->
         if result is not _MISSING:
             kw[field_name] = result
 
+    if "notify" in values:
+        kw["notify"] = parse_notify(path, *values["notify"], is_json)
     curve_written = get("curve", _curve_as_written)
     if curve_written is not _MISSING:
         kw["curve"] = CURVE_NAMES[str(curve_written)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lematt.config.endpoints import Endpoint
 from lematt.model import CertLine, KeyType
 
 LE_PRODUCTION = "https://acme-v02.api.letsencrypt.org/directory"
@@ -69,11 +70,21 @@ class Settings:
     agree_terms_of_service: bool = True
     # Prefer the chain whose top certificate was issued by this CN (Link rel="alternate").
     preferred_chain: str | None = None
+    # Seconds the check of one endpoint may take, tries included (actions' ``verify``):
+    # services reload asynchronously, so a few tries over this window before a mismatch counts.
+    verify_timeout: float = 10.0
+    # Commands run after a run with failures (after every run with notify_always), each a
+    # local shell string or an SshRun; each bounded by notify_timeout seconds.
+    notify: tuple[str | SshRun, ...] = ()
+    notify_always: bool = False
+    notify_timeout: float = 60.0
     # A Prometheus textfile written at the end of every run (lematt.monitor.metrics).
     metrics_file: Path | None = None
     # Where each key was written (file and line), for messages that name the setting.
     source: Path | None = field(default=None, compare=False)
     key_lines: tuple[tuple[str, int], ...] = field(default=(), compare=False)
+    # Accept a conf dir and tree that their group may write (never one every user may).
+    allow_group_writable: bool = False
 
     def tag(self, key_type: KeyType) -> str:
         return self.rsa_tag if key_type == "rsa" else self.curve_tag
@@ -139,6 +150,8 @@ class Section:
     upload_certs: tuple[str | SshUpload, ...] = ()
     upload_keys: tuple[str | SshUpload, ...] = ()
     update: tuple[str | SshRun, ...] = ()
+    # Endpoints that must serve this section's certificates once its updates ran.
+    verify: tuple[Endpoint, ...] = ()
     ocsp_staple_required: bool = False
     # The CA profile for this section's certificates (None: lematt.conf's ``profile``).
     profile: str | None = None
@@ -154,6 +167,10 @@ class Actions:
     default: Section | None = None
     every: Section | None = None
     overrides: tuple[Section, ...] = ()
+
+    def all_sections(self) -> tuple[Section, ...]:
+        """Every section written: ``[default]``, the overrides, ``[every]``."""
+        return tuple(s for s in (self.default, *self.overrides, self.every) if s is not None)
 
     def sections_for(self, names: tuple[str, ...]) -> tuple[Section, ...]:
         """The sections a certificate with these names maps to, as the original lematt maps

@@ -1,14 +1,24 @@
 """Deploy: run the actions of renewed certificates on every host, all hosts at once.
 
-Contract: ``Deployer(config, store, reporter, pool, pending).run(renewed)`` deploys the
-renewed lines plus every deploy in ``pending`` (owed by earlier runs, read once by the run)
-and returns a ``DeployReport``: one ``StepOutcome`` per step and the time each host took.
-Hosts run concurrently (at most ``parallelHosts``), each host's steps in order
-(``deploy.hosts.run_host``). SSH steps use the run's ``pool`` (the run opens it whenever a
-deploy may need it). A host whose
-deploy failed is remembered in the store's pending file with the lines it still owes, and the
-next run retries exactly that host - also when no certificate is due then - without ordering
-anything again. A host that succeeds is cleared. Local shell strings form the host "local".
+Contract: ``Deployer(config, store, reporter, pool, owed).run(renewed)`` runs every deploy in
+``owed`` (``lematt.store.pending``: what each stored line still owes, this run's renewals
+included - each commit wrote its debt down with its pair) and returns a ``DeployReport``: one
+``StepOutcome`` per step and the time each host took. A line owing "every host" goes to the
+hosts its actions name now (``deploy.plan.hosts_for``); ``renewed`` only decides which hosts
+are announced as retries. Hosts run concurrently (at most ``parallelHosts``), each host's
+steps in order (``deploy.hosts.run_host``; its SFTP uploads staged together and renamed in
+one final batch). SSH steps use the run's ``pool`` (the run opens it whenever a deploy may
+need it). Once a host's steps all succeeded, the ``verify`` endpoints of the sections it
+updates are checked for the lines it deployed (``lematt.verify``): each check is a "verify"
+step, and an endpoint that does not serve the stored certificate fails the host like a
+failed update. Afterwards the pending file keeps, per line, exactly the hosts whose uploads,
+updates or checks did not all succeed; the next run retries those hosts - also when no
+certificate is due then - without ordering anything again. A host is cleared only when all
+its steps succeeded; a debt to a host or line the config no longer has is dropped. Local
+shell strings form the host "local".
+``defer(renewed)`` runs nothing (``--no-deploy``): the renewed pairs' commits already wrote
+their debts down, so it only says which hosts the next run deploys to; ``plan(renewed)`` is
+what ``run`` would do, without doing it.
 """
 
 from __future__ import annotations
@@ -20,15 +30,16 @@ from typing import TYPE_CHECKING
 
 import anyio
 
-from lematt.config import Config
+from lematt.config import Config, Section, SshRun, SshUpload
 from lematt.deploy.files import upload_files
 from lematt.deploy.hosts import HostStep, run_host
-from lematt.deploy.plan import LOCAL, Step, deploy_plan
+from lematt.deploy.plan import LOCAL, Step, deploy_plan, hosts_for
 from lematt.errors import ConfigError, RemoteError
 from lematt.execution import CommandResult
 from lematt.execution.local import LocalRunner
-from lematt.model import CertLine, StepOutcome
+from lematt.model import CertLine, Failure, FailureKind, StepOutcome
 from lematt.report import Reporter
+from lematt.store.pending import Names, Owed
 from lematt.store.tree import Store
 
 if TYPE_CHECKING:
@@ -36,7 +47,7 @@ if TYPE_CHECKING:
     from lematt.execution.ssh_config import SshDestination
 
 LOCAL_COMMAND_TIMEOUT = 600.0  # rsync of many files takes a while; a hung one must still end
-Pending = dict[str, list[tuple[str, ...]]]  # host -> names of the lines it is owed
+Targets = dict[Names, frozenset[str]]  # owed line -> the hosts its deploy goes to now
 
 
 @dataclass
@@ -49,7 +60,7 @@ class DeployReport:
 
 class Deployer:
     def __init__(self, config: Config, store: Store, reporter: Reporter,
-                 pool: SshPool | None, pending: Pending) -> None:
+                 pool: SshPool | None, pending: Owed) -> None:
         self.config = config
         self.store = store
         self.reporter = reporter
@@ -60,6 +71,7 @@ class Deployer:
         self._unresolvable: dict[str, str] = {}
         self._files_for = functools.partial(upload_files, store.layout,
                                             config.settings.key_types)
+        self._host_lines: dict[str, list[CertLine]] = {}  # lines a pending host is owed
 
     # -- destinations ---------------------------------------------------------------------
     def _resolve(self, written: str) -> str:
@@ -85,85 +97,161 @@ class Deployer:
         if self._pool is None:  # the run opens a pool whenever the config has SSH actions
             raise RemoteError(f"{step.destination}: no SSH connection pool in this run")
         runner = self._pool.runner(self._destinations[step.destination])
-        if step.remote_dir is not None:
-            if not step.files:
-                return None
-            await runner.upload(step.files, step.remote_dir,
-                                timeout=settings.ssh_command_timeout)
-            return None
+        assert step.remote_dir is None  # SFTP uploads go through _upload_together
         if step.command is None:
             return await runner.open_session(timeout=settings.ssh_command_timeout)
         return await runner.run(step.command, timeout=settings.ssh_command_timeout)
+
+    async def _upload_together(self, steps: list[Step]) -> None:
+        """A host's SFTP uploads (certificates and keys): per destination, every file is
+        staged first and all are renamed in one final batch (``SshRunner.upload_batch``)."""
+        by_destination: dict[str, list[Step]] = {}
+        for step in steps:
+            assert step.destination is not None
+            by_destination.setdefault(step.destination, []).append(step)
+        for destination, group in by_destination.items():
+            if destination in self._unresolvable:
+                raise RemoteError(self._unresolvable[destination])
+            if self._pool is None:
+                raise RemoteError(f"{destination}: no SSH connection pool in this run")
+            batches = [(s.files, s.remote_dir) for s in group
+                       if s.files and s.remote_dir is not None]
+            if batches:
+                await self._pool.runner(self._destinations[destination]).upload_batch(
+                    batches, timeout=self.config.settings.ssh_command_timeout)
 
     # -- planning -------------------------------------------------------------------------
     def _lines_by_names(self) -> dict[tuple[str, ...], CertLine]:
         return {line.names: line for line in self.config.lines}
 
-    def plan(self, renewed: Sequence[CertLine]) -> tuple[dict[str, list[Step]], list[str]]:
-        """Steps per host: the renewed lines, plus for a host with a pending deploy the
-        lines it still owes (lines no longer configured are dropped). Also returns the
-        pending hosts the config no longer deploys to (their debt is void)."""
-        plans = self._plan(renewed)
+    def plan(self, renewed: Sequence[CertLine]) -> tuple[dict[str, list[Step]], Targets]:
+        """Steps per host for every owed line, and per owed line the hosts it is deployed to
+        now (a line no longer configured, or no longer deploying to a host it owed, has no
+        debt there any more)."""
         known = self._lines_by_names()
-        void: list[str] = []
-        for host, owed in self._pending.items():
-            lines = list(renewed) + [known[n] for n in owed if n in known
-                                     and known[n] not in renewed]
-            steps = self._plan(lines).get(host)
-            if steps:
-                if host not in plans and not renewed:
-                    self.reporter.change(f"retrying the pending deploy to {host}")
-                plans[host] = steps
-            else:
-                void.append(host)
-        return plans, void
+        targets: Targets = {}
+        host_lines: dict[str, list[CertLine]] = {}
+        # A renewed line owes every host (its commit wrote that down; ``lematt plan`` asks
+        # before any commit).
+        debts = {**self._pending, **{line.names: None for line in renewed}}
+        for names, owed_hosts in debts.items():
+            line = known.get(names)
+            if line is None:
+                continue
+            hosts = [h for h in hosts_for(self.config.actions, line, self._resolve)
+                     if owed_hosts is None or h in owed_hosts]
+            targets[names] = frozenset(hosts)
+            for host in hosts:
+                host_lines.setdefault(host, []).append(line)
+        # Hosts owed the same lines share one plan (usually: every host of a run's renewals).
+        groups: dict[tuple[int, ...], list[str]] = {}
+        for host, lines in host_lines.items():
+            lines.sort(key=lambda line: line.lineno)
+            groups.setdefault(tuple(line.lineno for line in lines), []).append(host)
+        plans: dict[str, list[Step]] = {}
+        for hosts in groups.values():
+            steps = self._plan(host_lines[hosts[0]])
+            plans.update((host, steps[host]) for host in hosts if steps.get(host))
+        self._host_lines = host_lines  # what each host is owed, and its verify checks
+        return plans, targets
 
     def _plan(self, lines: Sequence[CertLine]) -> dict[str, list[Step]]:
         return deploy_plan(self.config.actions, lines, self.store.layout, self._resolve,
                            self._files_for)
 
-    def _owed(self, steps: Sequence[Step], lines: Sequence[CertLine]) -> list[tuple[str, ...]]:
-        """The lines a host's failed steps were deploying (for the pending file)."""
-        host = steps[0].host
-        owed = []
+    def owed_hosts(self, lines: Sequence[CertLine]) -> dict[str, list[CertLine]]:
+        """Per host, the lines of ``lines`` that deploy to it (config order of hosts)."""
+        by_host: dict[str, list[CertLine]] = {}
         for line in lines:
-            if self._plan([line]).get(host):
-                owed.append(line.names)
-        return owed
+            for host in hosts_for(self.config.actions, line, self._resolve):
+                by_host.setdefault(host, []).append(line)
+        return by_host
+
+    def defer(self, renewed: Sequence[CertLine]) -> None:
+        """Deploy nothing now (``--no-deploy``). Each renewed pair's commit already recorded
+        the deploy it owes (``lematt.store.pending``), so nothing is written here: this only
+        says which hosts the next run deploys to."""
+        for host, lines in self.owed_hosts(renewed).items():
+            self.reporter.change(f"not deployed (--no-deploy): {host} is owed "
+                                 f"{len(lines)} line(s); the next run deploys them")
 
     # -- running --------------------------------------------------------------------------
     async def run(self, renewed: Sequence[CertLine]) -> DeployReport:
         report = DeployReport()
-        plans, void = self.plan(renewed)
+        plans, targets = self.plan(renewed)
+        fresh = {line.names for line in renewed}
+        for host in plans:
+            if any(line.names not in fresh for line in self._host_lines[host]):
+                self.reporter.change(f"retrying the pending deploy to {host}")
         if not plans:
-            if void:
-                self.store.pending.save({})  # only void debts were left
+            self.store.pending.settle(self._pending, {})  # only void debts were left
             return report
         results: dict[str, list[HostStep]] = {}
         limiter = anyio.CapacityLimiter(self.config.settings.parallel_hosts)
+        live = self.reporter.live  # the terminal's status line, if there is one
+        live.deploy_begin({host: len(steps) for host, steps in plans.items()})
+
+        async def execute(step: Step) -> CommandResult | None:
+            try:
+                return await self._execute(step)
+            finally:
+                live.step_done(step.host)
+
+        async def upload_together(steps: list[Step]) -> None:
+            try:
+                await self._upload_together(steps)
+            finally:
+                for step in steps:
+                    live.step_done(step.host)
 
         async def host_task(host: str, steps: list[Step]) -> None:
             async with limiter:
                 begun = anyio.current_time()
-                results[host] = await run_host(self._execute, steps)
+                results[host] = await run_host(execute, steps, upload_together)
+                if all(h.ok for h in results[host]):
+                    results[host] += await self._verify(host, self._host_lines.get(host, []))
                 report.host_seconds[host] = anyio.current_time() - begun
+                live.host_done(host, all(h.ok for h in results[host]))
 
         started = anyio.current_time()
         async with anyio.create_task_group() as tg:
             for host, steps in plans.items():
                 tg.start_soon(host_task, host, steps)
         report.wall_seconds = anyio.current_time() - started
-        report.steps = self._finish(plans, results, renewed, void)
+        live.deploy_end()
+        report.steps = self._finish(plans, results, targets)
         return report
 
+    # -- verifying ------------------------------------------------------------------------
+    def _section_hosts(self, section: Section) -> set[str]:
+        """The hosts after whose steps a section's endpoints are checked: those that run its
+        updates (the reload that makes a service serve the new files), else its uploads."""
+        entries: Sequence[object] = section.update or (*section.upload_certs,
+                                                       *section.upload_keys)
+        return {self._resolve(e.ssh) if isinstance(e, SshRun | SshUpload) else LOCAL
+                for e in entries}
+
+    async def _verify(self, host: str, lines: Sequence[CertLine]) -> list[HostStep]:
+        if not any(s.verify for s in self.config.actions.all_sections()):
+            return []
+        from lematt.verify.checks import checks_for, run_checks
+
+        checks = checks_for(self.config.actions, lines, self.config.settings.key_types,
+                            self.store.layout, lambda s: host in self._section_hosts(s))
+        steps = []
+        for check, result in zip(checks, await run_checks(
+                checks, self.config.settings.verify_timeout), strict=True):
+            failure = None if result.matched else Failure(FailureKind.DEPLOY,
+                                                          result.describe())
+            steps.append(HostStep(Step("verify", check.section, host, result.describe()),
+                                  None, failure, result))
+        return steps
+
     def _finish(self, plans: dict[str, list[Step]], results: dict[str, list[HostStep]],
-                renewed: Sequence[CertLine], void: list[str]) -> list[StepOutcome]:
-        pending = dict(self._pending)
-        for host in void:
-            pending.pop(host, None)
-        known = self._lines_by_names()
+                targets: Targets) -> list[StepOutcome]:
         outcomes: list[StepOutcome] = []
-        for host, steps in plans.items():
+        failed: set[str] = set()
+        for host in plans:
             host_steps = results.get(host, [])
             outcomes += [h.outcome() for h in host_steps]
             for h in host_steps:
@@ -174,12 +262,10 @@ class Deployer:
                 else:
                     self.reporter.failure(f"[{h.step.section}] {h.step.kind}{where}: "
                                           f"{h.failure}")
-            if all(h.ok for h in host_steps):
-                pending.pop(host, None)
-            else:
-                previous = [known[n] for n in pending.get(host, []) if n in known]
-                lines = list(dict.fromkeys([*renewed, *previous]))
-                pending[host] = self._owed(steps, lines)
+            # A host is cleared only when every upload and update on it succeeded.
+            if not host_steps or not all(h.ok for h in host_steps):
+                failed.add(host)
                 self.reporter.failure(f"deploy to {host} is pending; the next run retries it")
-        self.store.pending.save(pending)
+        self.store.pending.settle(self._pending, {
+            names: hosts & failed for names, hosts in targets.items()})
         return outcomes

@@ -51,12 +51,15 @@ class Runner(Protocol):
 @dataclass(frozen=True)
 class UploadFile:
     """One file to install as ``remote_dir/name``: a copy of ``local`` with ``mode``, or,
-    when ``symlink_target`` is set, a symlink pointing there (``local``/``mode`` unused)."""
+    when ``symlink_target`` is set, a symlink pointing there (``local``/``mode`` unused).
+    Files with the same ``pair`` (a key and its certificate) are renamed into place one
+    right after the other."""
 
     local: Path
     name: str
     mode: int = 0o644
     symlink_target: str | None = None
+    pair: str = ""
 
 
 def tail(data: bytes) -> str:

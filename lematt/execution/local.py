@@ -17,10 +17,10 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import anyio
-from anyio.abc import ByteReceiveStream, Process
+from anyio.abc import ByteReceiveStream, ByteSendStream, Process
 
 from lematt.errors import ActionError
 from lematt.execution import STOP_GRACE_SECONDS, TAIL_CHARS, CommandResult, tail
@@ -38,6 +38,17 @@ async def _drain(stream: ByteReceiveStream | None, sink: bytearray, limit: int =
 # NFS write): then it ends when that does, and lematt stops waiting after this long.
 KILL_WAIT_SECONDS = 5.0
 _POLL_FIRST, _POLL_MAX = 0.005, 0.1  # seconds between checks that the group is empty
+
+
+async def _feed(stream: ByteSendStream | None, data: bytes) -> None:
+    """Write ``data`` to a command's stdin and close it; a command that does not read its
+    input (it exited, or closed stdin) is not an error."""
+    if stream is None:
+        return
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        await stream.send(data)
+    with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        await stream.aclose()
 
 
 def _group_alive(pgid: int) -> bool:
@@ -110,22 +121,31 @@ class LocalRunner:
     def __init__(self, name: str = "local") -> None:
         self.name = name
 
-    async def _open(self, command: str | Sequence[str], *, stdout: int, stderr: int) -> Process:
+    async def _open(self, command: str | Sequence[str], *, stdout: int, stderr: int,
+                    stdin: int = subprocess.DEVNULL,
+                    env: Mapping[str, str] | None = None) -> Process:
         try:
             return await anyio.open_process(
-                command, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr,
-                start_new_session=True,
+                command, stdin=stdin, stdout=stdout, stderr=stderr,
+                start_new_session=True, env=env,
             )
         except OSError as exc:
             raise ActionError(f"{self.name}: cannot start `{_shown(command)}`: {exc}") from exc
 
-    async def run(self, command: str, *, timeout: float) -> CommandResult:
-        process = await self._open(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    async def run(self, command: str, *, timeout: float, input: bytes | None = None,
+                  env: Mapping[str, str] | None = None) -> CommandResult:
+        """Run ``command`` to its end or ``timeout``; stdin is ``input`` (then EOF), or at EOF
+        from the start; ``env`` replaces the environment when given."""
+        process = await self._open(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+            stdin=subprocess.DEVNULL if input is None else subprocess.PIPE)
         out, err = bytearray(), bytearray()
         status: int | None = None
         try:
             with anyio.move_on_after(timeout):
                 async with anyio.create_task_group() as tg:
+                    if input is not None:
+                        tg.start_soon(_feed, process.stdin, input)
                     tg.start_soon(_drain, process.stdout, out)
                     tg.start_soon(_drain, process.stderr, err)
                     status = await process.wait()

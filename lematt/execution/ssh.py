@@ -13,8 +13,9 @@ checked, against the destination's known_hosts files (see ``ssh_config``).
 non-zero exit is a value; ``exit_status`` None = stopped at its timeout); ``open_session``
 does the same for a key whose authorized_keys entry forces the command; ``background`` keeps a
 process running for the body of an ``async with`` and, on every exit path, sends it EOF on
-stdin and stops it if it does not end by itself; ``upload`` installs files atomically over
-SFTP. Failures to reach the host or to transfer are ``RemoteError`` naming host, path and cause.
+stdin and stops it if it does not end by itself; ``upload`` / ``upload_batch`` install files
+atomically over SFTP (a host's certificates and keys staged together, renamed in one pass).
+Failures to reach the host or to transfer are ``RemoteError`` naming host, path and cause.
 
 Stopping remote commands
 ------------------------
@@ -287,10 +288,11 @@ class SshRunner:
     def __init__(self, pool: SshPool, destination: SshDestination) -> None:
         self.pool, self.destination, self.name = pool, destination, destination.written
 
-    async def run(self, command: str, *, timeout: float | None = None) -> CommandResult:
+    async def run(self, command: str, *, timeout: float | None = None,
+                  input: bytes | None = None) -> CommandResult:
         """Run ``command`` (a shell string, values already quoted by the caller) with stdin at
-        EOF; ``timeout`` defaults to the pool's command timeout."""
-        return await self._execute(command, timeout)
+        EOF, or ``input`` then EOF; ``timeout`` defaults to the pool's command timeout."""
+        return await self._execute(command, timeout, input)
 
     async def open_session(self, *, timeout: float | None = None) -> CommandResult:
         """Open a session without a command: for keys with ``command="..."`` in
@@ -308,7 +310,8 @@ class SshRunner:
                               f"{reason(exc)}") from exc
         return conn, proc
 
-    async def _execute(self, command: str | None, timeout: float | None) -> CommandResult:
+    async def _execute(self, command: str | None, timeout: float | None,
+                       input: bytes | None = None) -> CommandResult:
         label = SESSION_LABEL if command is None else command
         limit = self.pool.command_timeout if timeout is None else timeout
         token = secrets.token_hex(8)
@@ -316,9 +319,14 @@ class SshRunner:
         conn, proc = await self._start(command, out, err, token)
         finished = False
         try:
-            with contextlib.suppress(asyncssh.Error, OSError):
-                proc.stdin.write_eof()  # like </dev/null: nothing waits for our input
             with anyio.move_on_after(limit):
+                if input:
+                    # A command that does not read its input is not an error.
+                    with contextlib.suppress(asyncssh.Error, OSError):
+                        proc.stdin.write(input)
+                        await proc.stdin.drain()
+                with contextlib.suppress(asyncssh.Error, OSError):
+                    proc.stdin.write_eof()  # like </dev/null: nothing waits for our input
                 await proc.wait_closed()
                 finished = True
         finally:
@@ -379,30 +387,42 @@ class SshRunner:
 
     async def upload(self, files: Sequence[UploadFile], remote_dir: str, *,
                      timeout: float | None = None) -> None:
-        """Install ``files`` in ``remote_dir`` atomically, over SFTP.
+        """Install ``files`` in ``remote_dir`` atomically, over SFTP: ``upload_batch`` with
+        one batch."""
+        await self.upload_batch([(files, remote_dir)], timeout=timeout)
 
-        Every file is first written (or linked) under a temporary name in ``remote_dir``
-        (``.<name>.lematt-tmp-<hex>``), given its mode and fsynced where the server offers it;
-        only when all are staged is each renamed over its final name (posix-rename), so a
-        failure while staging replaces nothing. Temporary names are removed on every failure
-        path (shielded). ``remote_dir`` must exist. Raises ``RemoteError`` naming host, path
-        and cause (``ValueError`` for a name that is not a plain file name).
+    async def upload_batch(self, batches: Sequence[tuple[Sequence[UploadFile], str]], *,
+                           timeout: float | None = None) -> None:
+        """Install several (files, remote_dir) batches - a host's certificates and keys -
+        over one SFTP session, together (``lematt.execution.sftp.install``).
+
+        Temporary names an earlier run left for these files are removed first; then every
+        file is written (or linked) under a temporary name in its directory
+        (``.<name>.lematt-tmp-<hex>``), given its mode and fsynced where the server offers
+        it; only when all are staged is each renamed over its final name (posix-rename), so
+        a failure while staging replaces nothing. Temporary names are removed on every
+        failure path (shielded). Each ``remote_dir`` must exist. Raises ``RemoteError``
+        naming host, path and cause (``ValueError`` for a name that is not a plain file
+        name).
         """
-        for item in files:
-            if item.name in ("", ".", "..") or "/" in item.name:
-                raise ValueError(f"upload name {item.name!r} is not a plain file name")
-        if not files:
+        for files, _ in batches:
+            for item in files:
+                if item.name in ("", ".", "..") or "/" in item.name:
+                    raise ValueError(f"upload name {item.name!r} is not a plain file name")
+        batches = [(files, remote_dir) for files, remote_dir in batches if files]
+        if not batches:
             return
+        where = ", ".join(dict.fromkeys(remote_dir for _, remote_dir in batches))
         limit = self.pool.command_timeout if timeout is None else timeout
         conn = await self.pool.connection(self.destination)
         done = False
         with anyio.move_on_after(limit):
-            with self._errors(f"SFTP session for {remote_dir}"):
+            with self._errors(f"SFTP session for {where}"):
                 async with conn.start_sftp_client() as sftp:
-                    await install(sftp, files, remote_dir, self.name)
+                    await install(sftp, batches, self.name)
             done = True
         if not done:
-            raise RemoteError(f"{self.name}: upload to {remote_dir} timed out after "
+            raise RemoteError(f"{self.name}: upload to {where} timed out after "
                               f"{limit:.0f} s")
 
     @contextlib.contextmanager

@@ -115,8 +115,8 @@ def _write(path: Path, config: Config, store: Store, seen: RunSeen, figures: Run
             # The index is written only under the run's lock, which a run that got as far
             # as renewing holds.
             found = scan(store, config.lines, config.settings.key_types, names,
-                         write_index=renewed)
-        owed_lines = owed_deploys(store)
+                         save=renewed)
+        owed_lines = owed_deploys(config, store)
         owed = owed_by_host(owed_lines)
         renewal = seen.renewal if seen.renewal is not None else RenewalBook(store.root)
         backoff = seen.backoff if seen.backoff is not None else BackoffBook.load(store.root)

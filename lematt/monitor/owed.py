@@ -1,32 +1,30 @@
 """The one place ``lematt.monitor`` reads which deploys are still owed.
 
-Contract: ``owed_deploys(store)`` returns, per domains line (its names, as the store records
-them), the hosts that line's renewed certificate still has to reach, sorted; ``ALL_HOSTS``
-in that tuple means "every host its actions deploy to" (a store that records a new pair's
-debt before the hosts are known). A file the store cannot read is its ``StoreError``.
+Contract: ``owed_deploys(config, store)`` returns, per domains line still owing a deploy (its
+names), the hosts it is owed to, as the actions name them (``local`` or the SSH destination
+as written), in config order. It reads the store's record through ``deploy.owed`` (no lock
+needed: the record is replaced atomically); an unreadable record is its ``StoreError``.
 
-Why one function: the store's record of owed deploys (``lematt.store.pending``) changes shape
-as the store evolves; status and metrics depend only on this function's result, so adapting
-to a new record is a change here alone.
+Why one function: the store's record of owed deploys changes shape as the store evolves;
+status and metrics depend only on this function's result, so adapting to a new record is a
+change here alone.
 """
 
 from __future__ import annotations
 
+from lematt.config import Config
+from lematt.deploy.owed import owed_deploys as owed_by_line
 from lematt.store.tree import Store
 
-ALL_HOSTS = "*"  # the line owes every host its actions name
+ALL_HOSTS = "*"  # a line owing every host its actions name, when no host can be named
 
 Names = tuple[str, ...]
 
 
-def owed_deploys(store: Store) -> dict[Names, tuple[str, ...]]:
-    """Line names -> hosts still owed (see the module docstring). Reads
-    ``store.pending`` once; raises its ``StoreError`` for an unreadable record."""
-    by_line: dict[Names, set[str]] = {}
-    for host, lines in store.pending.load().items():
-        for names in lines:
-            by_line.setdefault(tuple(names), set()).add(host)
-    return {names: tuple(sorted(hosts)) for names, hosts in by_line.items()}
+def owed_deploys(config: Config, store: Store) -> dict[Names, tuple[str, ...]]:
+    """Line names -> hosts still owed (see the module docstring)."""
+    return {debt.line.names: tuple(dict.fromkeys(written for _, written in debt.hosts))
+            or (ALL_HOSTS,) for debt in owed_by_line(config, store)}
 
 
 def owed_by_host(owed: dict[Names, tuple[str, ...]]) -> dict[str, int]:

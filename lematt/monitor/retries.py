@@ -25,10 +25,15 @@ Key = tuple[int, KeyType]
 
 
 def settle(book: BackoffBook, due: Iterable[Job], outcomes: Iterable[Outcome],
-           names: Mapping[Key, str], now: float) -> str | None:
-    """Update and save ``book``; returns a warning for the user when it could not be saved."""
+           names: Mapping[Key, str], now: float,
+           planned: Iterable[int] | None = None) -> str | None:
+    """Update and save ``book``; returns a warning for the user when it could not be saved.
+    ``names``: every configured certificate's file name; ``planned``: the line numbers the
+    run planned for (``--only``; None: all), the only ones whose "no longer due" counts."""
     still_due = {names[(job.line.lineno, job.key_type)] for job in due}
-    for name in [n for n in book.entries if n not in still_due]:
+    lines = None if planned is None else set(planned)
+    judged = {name for (lineno, _), name in names.items() if lines is None or lineno in lines}
+    for name in [n for n in book.entries if n in judged and n not in still_due]:
         book.clear(name)
     for outcome in outcomes:
         job = outcome.job

@@ -106,7 +106,7 @@ def gather(config: Config, store: Store, now: float) -> tuple[list[Row], list[st
     settings = config.settings
     names: dict[tuple[int, KeyType], str] = {}
     try:
-        found = scan(store, config.lines, settings.key_types, names, write_index=False)
+        found = scan(store, config.lines, settings.key_types, names, save=False)
     except OSError as exc:
         raise StoreError(f"cannot read the certificate tree {store.root}: "
                          f"{exc.strerror or exc}; run lematt status as the user that runs "
@@ -116,7 +116,7 @@ def gather(config: Config, store: Store, now: float) -> tuple[list[Row], list[st
     if backoff.warning:
         warnings.append(backoff.warning)
     try:
-        owed = owed_deploys(store)
+        owed = owed_deploys(config, store)
     except StoreError as exc:
         warnings.append(f"owed deploys unknown: {exc}")
         owed = {}

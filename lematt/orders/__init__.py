@@ -51,7 +51,10 @@ def order_processes(env: OrderEnv, jobs: list[Job]) -> int:
 
 
 async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
-                    deadline: float | None = None) -> list[Outcome]:
+                    deadline: float | None = None,
+                    outcomes: list[Outcome] | None = None) -> list[Outcome]:
+    """Order every job; returns their outcomes. ``outcomes`` (when given) is the list they
+    are appended to as they finish, so that a run stopped half-way still knows them."""
     from lematt.orders.account import ensure_registered
     from lematt.orders.lines import order_here
     from lematt.orders.pipeline import report_outcome
@@ -61,13 +64,17 @@ async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
     # account's before anything is signed with it.
     await resolve_rollover(env)
     account_key = load_or_create_account_key(env.settings.account_key, env.reporter.change)
-    outcomes: list[Outcome] = []
+    outcomes = [] if outcomes is None else outcomes
+
+    live = env.reporter.live  # the terminal's status line, if there is one
 
     def record(outcome: Outcome) -> None:
         outcomes.append(outcome)
         report_outcome(env.reporter, outcome)
+        live.order_done(outcome.ok)
 
     processes = order_processes(env, jobs)
+    live.orders_begin(len(jobs))
     # A CA that stalls every order would otherwise hold the run for about
     # (orders / parallel) x orderTimeout.
     with anyio.CancelScope(deadline=deadline if deadline is not None else float("inf")) as scope:
@@ -85,4 +92,5 @@ async def order_all(env: OrderEnv, jobs: list[Job], pool: SshPool | None, *,
         for job in jobs:
             if (job.line.lineno, job.key_type) not in finished:
                 record(Outcome(job, failure=Failure(FailureKind.TIMEOUT, UNFINISHED)))
+    live.orders_end()
     return outcomes

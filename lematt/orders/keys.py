@@ -1,10 +1,12 @@
 """A job's key: the stored one reused, or a new one; CPU-bound key work in worker processes.
 
-Contract: ``key_for(settings, layout, job, workers)`` returns ``(key, pem)``: the stored key
-when it may be reused (not ``alwaysGenerateNewKeys``, not a revoked pair, present, of the
-configured type and size; a stored RSA key is validated first), with ``pem`` None; else a
-new key and its PEM.
-Nothing is written: a new key lives in memory until its certificate is stored with it.
+Contract: ``key_for(settings, store, job, workers)`` returns ``(key, pem, new)``: the stored
+key and its PEM as stored when it may be reused (not ``alwaysGenerateNewKeys``, not a revoked
+pair, present, of the configured type and size; a stored RSA key is validated first), ``new``
+False; else a new key and its PEM, ``new`` True. The stored key is the pair's own
+(``Store.read_key``: a symlink that is not the pair's is not followed). Nothing is written: a
+new key lives in memory until its certificate is stored with it, and a reused one is stored
+again with its certificate, byte for byte.
 
 ``async with key_workers() as workers: pem = await workers.run(fn, *args)`` runs a
 picklable top-level function in a pool of at most ``os.cpu_count()`` processes, started only
@@ -35,8 +37,7 @@ import anyio
 from lematt.config import Settings
 from lematt.errors import CryptoError
 from lematt.model import Job
-from lematt.store.atomic import read_bytes
-from lematt.store.layout import Layout
+from lematt.store.tree import Store
 
 if TYPE_CHECKING:
     from lematt import crypto
@@ -87,14 +88,14 @@ async def key_workers() -> AsyncIterator[KeyWorkers]:
             await anyio.to_thread.run_sync(workers.shutdown)
 
 
-async def key_for(settings: Settings, layout: Layout, job: Job, workers: KeyWorkers
-                  ) -> tuple[crypto.PrivateKey, bytes | None]:
+async def key_for(settings: Settings, store: Store, job: Job, workers: KeyWorkers
+                  ) -> tuple[crypto.PrivateKey, bytes, bool]:
     from lematt import crypto
 
     s = settings
     # A revoked pair (job.new_key) never keeps its key: it may be why it was revoked.
     if not s.always_generate_new_keys and not job.new_key and job.found.key_present:
-        pem = read_bytes(layout.paths(job.line, job.key_type).key)
+        pem = store.read_key(job.line, job.key_type)
         if pem is not None:
             with contextlib.suppress(CryptoError):
                 key = crypto.load_private_key(pem, validate=False)
@@ -103,7 +104,7 @@ async def key_for(settings: Settings, layout: Layout, job: Job, workers: KeyWork
                             crypto.rsa_pem_is_consistent, pem)):
                     # A stored RSA key is checked before it signs (it may come from a
                     # user), but in a worker process: the checks take about 40 ms.
-                    return key, None
+                    return key, pem, False
     if job.key_type == "rsa":
         # RSA generation is CPU-bound (hundreds of ms): keep it off the event loop.
         pem = await workers.run(crypto.generate_private_pem, "rsa", s.key_bits_rsa, s.curve)
@@ -111,5 +112,5 @@ async def key_for(settings: Settings, layout: Layout, job: Job, workers: KeyWork
         pem = crypto.generate_private_pem("ec", s.key_bits_rsa, s.curve)
     # Made a moment ago by our own code: the RSA consistency checks (about 40 ms of the
     # event loop per 2048-bit key) would only re-prove what generation guarantees.
-    return crypto.load_private_key(pem, validate=False), pem
+    return crypto.load_private_key(pem, validate=False), pem, True
 

@@ -85,6 +85,7 @@ async def _line_orders(env: OrderEnv, tools: OrderTools, line: CertLine, jobs: l
                 failed = True
             else:
                 for job in jobs:
+                    env.reporter.live.order_started()
                     outcome = await order_one(env, tools, job)
                     failed = failed or not outcome.ok
                     tools.record(outcome)

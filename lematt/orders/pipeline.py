@@ -5,7 +5,9 @@ failure of this job (a ``LemattError`` becomes its ``Failure``; any other except
 internal error of this job alone). Nothing live is touched before the certificate has been
 downloaded and checked (``crypto.check_issued``: a chain, for our key and exactly the line's
 names, valid now); then key, CSR and chain are stored together through the group committer
-(shielded: a checked pair is stored and reported even when the run's deadline passes).
+(shielded: a checked pair is stored and reported even when the run's deadline passes), with
+the deploy the line owes when it has actions (written down in the same journal commit, so no
+crash can lose it).
 ``report_outcome`` prints one line for it.
 """
 
@@ -29,7 +31,7 @@ async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
 
     outcome = Outcome(job)
     try:
-        key, new_pem = await key_for(env.settings, env.store.layout, job, tools.workers)
+        key, key_pem, new_key = await key_for(env.settings, env.store, job, tools.workers)
         names = job.line.names
         csr_der = crypto.make_csr(key, names, must_staple=job.line.ocsp_must_staple)
         deadline = anyio.current_time() + env.settings.order_timeout
@@ -43,8 +45,9 @@ async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
         # commit is short, and a pair that went live must be reported (and deployed) as such.
         with anyio.CancelScope(shield=True):
             await tools.committer.commit(NewPair(
-                job.line, job.key_type, new_pem, crypto.csr_pem(csr_der), chain_pem))
-        outcome.changed, outcome.not_after, outcome.new_key = True, info.not_after, bool(new_pem)
+                job.line, job.key_type, key_pem, crypto.csr_pem(csr_der), chain_pem,
+                owes_deploy=_owes_deploy(env, job)))
+        outcome.changed, outcome.not_after, outcome.new_key = True, info.not_after, new_key
         outcome.cert_id = info.cert_id
     except LemattError as exc:
         outcome.failure = Failure.of(exc)
@@ -53,6 +56,13 @@ async def order_one(env: OrderEnv, tools: OrderTools, job: Job) -> Outcome:
         if env.reporter.debug:
             traceback.print_exc()
     return outcome
+
+
+def _owes_deploy(env: OrderEnv, job: Job) -> bool:
+    """Whether the line has actions that deploy it: then storing it records the deploy it
+    owes, in the same journal commit."""
+    return any(s.upload_certs or s.upload_keys or s.update
+               for s in env.config.actions.sections_for(job.line.names))
 
 
 def report_outcome(reporter: Reporter, outcome: Outcome) -> None:

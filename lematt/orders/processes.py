@@ -34,6 +34,7 @@ from typing import Any
 
 import anyio
 
+from lematt import logs
 from lematt.errors import LemattError
 from lematt.execution import STOP_GRACE_SECONDS
 from lematt.model import (
@@ -95,6 +96,8 @@ async def _one_process(env: OrderEnv, number: int, count: int, jobs: list[Job],
         "parallel": max(1, env.parallel // count),
         "rate_share": 1.0 / count,
         "journal": f"pending-{number}",
+        # The same --log-file: its lines are appended one write each, so they never mix.
+        "log_file": str(log_file) if (log_file := logs.log_file_of()) else None,
         "shared_dir": str(shared_dir) if env.settings.challenge_listen else None,
         "jobs": [[job.line.lineno, list(job.line.names), job.key_type, job.reason,
                   job.found.key_present, job.replaces, job.new_key] for job in jobs],
@@ -210,6 +213,10 @@ def main() -> int:
     from lematt.tuning import fewer_gc_passes
 
     spec = json.loads(sys.stdin.buffer.readline())
+    # Lines in the shapes of the main process's (its stderr is this one's); stdout carries
+    # the answers.
+    logs.configure(log_file=Path(spec["log_file"]) if spec.get("log_file") else None,
+                   stdout_to_stderr=True)
     try:
         config = config_mod.load(Path(spec["config"]))
         test = bool(spec["test"])

@@ -17,8 +17,9 @@ Contract: ``await refresh(env, found, names, book, default, now, index)`` brings
   4.3); after a failure after 1 hour (network, timeout, 5xx) or 6 hours (anything else),
   keeping the earlier window meanwhile. Every ``explanationURL`` is reported once per run.
 * A CA that cannot be reached, or has no renewalInfo, changes nothing: planning falls back
-  (kept windows, else a third of the lifetime); kept facts stay in use and its directory is
-  tried again after ``RETRY_DIRECTORY``. Only ``ConfigError`` is raised.
+  (kept windows, else a third of the lifetime); kept facts stay in use (a CA never read is
+  kept as one without renewalInfo) and its directory is tried again after
+  ``RETRY_DIRECTORY``, not at every cron run. Only ``ConfigError`` is raised.
 """
 
 from __future__ import annotations
@@ -146,6 +147,12 @@ async def refresh(env: OrderEnv, found: Mapping[tuple[int, KeyType], Found],
         if facts is not None and not fresh:
             book.set_ca(facts._replace(checked=now_ts - CA_RECHECK_SECONDS
                                        + RETRY_DIRECTORY))
+        elif facts is None:
+            # Never read: what it offers is unknown. Kept as "no renewal info", with the
+            # configured profiles standing in for its own (so none is refused for a CA
+            # that merely did not answer), until the CA is asked again in an hour.
+            book.set_ca(CaFacts(url, now_ts - CA_RECHECK_SECONDS + RETRY_DIRECTORY,
+                                profiles=tuple(sorted(wanted))))
         for name, state, kept in todo if fresh else ():
             assert state.cert is not None
             book.put(name, (kept or CertState(state.cert.cert_id))._replace(
@@ -232,3 +239,30 @@ async def _ask(env: OrderEnv, found: Mapping[tuple[int, KeyType], Found],
         reporter.info(f"renewal info unavailable for {len(failures)} certificate(s) (first "
                       f"{name}: {exc}); they keep their earlier window, else the fallback "
                       "rule decides")
+
+
+def next_question(env: OrderEnv, book: RenewalBook,
+                  found: Mapping[tuple[int, KeyType], Found],
+                  states: Mapping[tuple[int, KeyType], CertState],
+                  default: CertState | None, now: float) -> float:
+    """The earliest moment at which ``refresh`` would send the CA a request if nothing but
+    the clock changes (the states as ``store.renewal.states_for`` gives them after the
+    refresh): the directory when the kept facts turn stale, a certificate's RenewalInfo
+    at its next check; ``now`` when something is to be asked already."""
+    facts = book.ca(env.directory_url)
+    if facts is None or not all(p in facts.profiles for p in _wanted_profiles(env)):
+        return now
+    moment = facts.checked + CA_RECHECK_SECONDS
+    if not facts.renewal_info:
+        return moment
+    for key, state in found.items():
+        cert = state.cert
+        if (cert is None or state.problem is not None or not cert.cert_id
+                or cert.not_after.timestamp() <= now):
+            continue  # never asked about (see _todo)
+        kept = states.get(key, default)
+        if kept is None:
+            return now
+        if not kept.revoked:
+            moment = min(moment, kept.next_check)
+    return moment

@@ -23,6 +23,7 @@ from lematt.errors import CryptoError, StoreError
 from lematt.model import CertInfo, CertLine, Found, KeyType
 from lematt.store.atomic import read_bytes, write_atomic
 from lematt.store.layout import PUBLIC_MODE
+from lematt.store.safe import DIR_FLAGS, read_file
 from lematt.store.tree import Store
 
 INDEX_NAME = ".inventory"
@@ -92,7 +93,8 @@ class Index:
         self.entries: dict[str, list[str]] = {}
         self.changed = False
         try:
-            text = self.path.read_text()
+            # lematt's own file: a symlink in its place is not followed (read_file).
+            text = (read_file(str(self.path)) or b"").decode()
             head, _, body = text.partition("\n")
             if head == f"lematt-inventory {INDEX_VERSION}":
                 for row in body.splitlines():
@@ -101,7 +103,7 @@ class Index:
                         self.entries[fields[0]] = fields
             else:
                 self.changed = True
-        except (OSError, ValueError):
+        except (StoreError, ValueError):
             self.changed = True  # missing or damaged: rebuilt by this scan
         self._dirs: dict[str, int] = {}
 
@@ -110,7 +112,7 @@ class Index:
         fd = self._dirs.get(sub)
         if fd is None:
             try:
-                fd = self._dirs[sub] = os.open(self.root / sub, os.O_RDONLY | os.O_DIRECTORY)
+                fd = self._dirs[sub] = os.open(self.root / sub, DIR_FLAGS)
             except FileNotFoundError:
                 return None
         try:
@@ -137,6 +139,7 @@ class Index:
         return found
 
     def close(self) -> None:
+        """Close the directories ``lookup`` opened."""
         for fd in self._dirs.values():
             os.close(fd)
         self._dirs.clear()
@@ -157,11 +160,11 @@ class Index:
 
 
 def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ...],
-         names: dict[tuple[int, KeyType], str] | None = None, *, write_index: bool = True
+         names: dict[tuple[int, KeyType], str] | None = None, *, save: bool = True
          ) -> dict[tuple[int, KeyType], Found]:
     """Found state per (line number, key type), through the index; ``names`` (if given)
     receives each one's certificate file name, which the renewal state is keyed by.
-    ``write_index=False`` leaves the index as it is (``lematt status``: read only, no lock)."""
+    ``save=False`` leaves the index file as it was (``lematt plan`` writes nothing)."""
     index = Index(store)
     found: dict[tuple[int, KeyType], Found] = {}
     keep: set[str] = set()
@@ -174,7 +177,7 @@ def scan(store: Store, lines: tuple[CertLine, ...], key_types: tuple[KeyType, ..
                 if names is not None:
                     names[(line.lineno, kt)] = cert_name
     finally:
-        if write_index:
+        if save:
             index.save(keep)
         else:
             index.close()

@@ -1,17 +1,30 @@
 """File names of the certificate tree, compatible with the original lematt's layout.
 
-Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only in the test tree)::
+Layout (``<tree>`` is ``<confdir>/prod`` or ``<confdir>/test``; ``.test`` only in the test
+tree; ``<key>`` is ``<stem>-key.<tag>[.test].pem`` and ``<cert>`` is
+``<stem>-cert-combined.<tag>[.test].pem``, the original lematt's names)::
 
-    <tree>/key/<stem>-key.<tag>[.test].pem             private key, mode 0600
-    <tree>/csr/<stem>-csr.<tag>[.test].csr             the CSR last used (PEM)
-    <tree>/cert/<stem>-cert-combined.<tag>[.test].pem  leaf + chain as the CA sent it
-    <tree>/{key,cert}/<name>-...                        per-name symlinks, SAN lines only
+    <tree>/key/<key>                      -> ../.pairs/<slot>/<key>
+    <tree>/cert/<cert>                    -> ../.pairs/<slot>/<cert>
+    <tree>/csr/<stem>-csr.<tag>[.test].csr   the CSR last used (PEM)
+    <tree>/{key,cert}/<name>-...          per-name symlinks (to <key> / <cert>), SAN lines only
+    <tree>/.pairs/<slot>                  -> <slot>+<hex>: the pair's pointer
+    <tree>/.pairs/<slot>+<hex>/<key>      one version of the pair: the key (0600) and the
+    <tree>/.pairs/<slot>+<hex>/<cert>     certificate (leaf + chain as sent), regular files
 
-``<stem>`` is ``names.file_stem`` of the line; ``<tag>`` is rsaTag or curveTag.
+``<stem>`` is ``names.file_stem`` of the line; ``<tag>`` is rsaTag or curveTag; ``<slot>`` is
+``<stem>.<tag>``. The upstream names ``key/<key>`` and ``cert/<cert>`` (the original lematt's
+names, which services are configured with) resolve through the pair's one pointer, so
+switching the pointer (one rename) switches key and certificate together
+(``lematt.store.pairs``). The files in a version directory carry the upstream names
+themselves, so whatever copies the resolved files (rsync of CERTS / KEYS in an action, SFTP
+uploads) delivers regular files with the names services expect. A tree written by the
+original or an earlier lematt has regular files at the upstream names; they keep working and
+are moved into this layout when their pair is next stored.
 
 Contract: pure naming, no I/O: ``Layout(settings, test=...)`` maps (line, key type) to paths;
-``KEY_MODE``, ``PUBLIC_MODE`` and ``PRIVATE_DIR_MODE`` are the modes lematt gives its files
-and private directories (explicit, never the umask's).
+``KEY_MODE``, ``PUBLIC_MODE``, ``PRIVATE_DIR_MODE`` and ``PUBLIC_DIR_MODE`` are the modes
+lematt gives its files and directories (explicit, never the umask's).
 """
 
 from __future__ import annotations
@@ -24,8 +37,10 @@ from lematt.model import CertLine, KeyType
 
 KEY_MODE = 0o600  # private keys and lematt's private records, from the first byte
 PUBLIC_MODE = 0o644  # certificates, CSRs, challenge files
-PRIVATE_DIR_MODE = 0o700  # key/, .staging/
-PUBLIC_DIR_MODE = 0o755  # cert/, csr/
+PRIVATE_DIR_MODE = 0o700  # key/, .journal/, .staging/
+PUBLIC_DIR_MODE = 0o755  # the tree, cert/, csr/, .pairs/ and its version directories
+PAIRS_DIR = ".pairs"
+VERSION_MARK = "+"  # <slot>+<hex>: '+' is in no DNS name and no tag, so never in a slot
 
 
 @dataclass(frozen=True)
@@ -35,6 +50,8 @@ class CertPaths:
     cert: Path
     # (link path, relative target) pairs for the per-name symlinks of a SAN line.
     links: tuple[tuple[Path, str], ...]
+    # The pair's name in .pairs/ (its pointer); key and cert are symlinks through it.
+    slot: str = ""
 
 
 class Layout:
@@ -66,7 +83,12 @@ class Layout:
             for name in line.names:
                 links.append((self._file("key", name, key_type), key.name))
                 links.append((self._file("cert", name, key_type), cert.name))
-        return CertPaths(key, self._file("csr", stem, key_type), cert, tuple(links))
+        return CertPaths(key, self._file("csr", stem, key_type), cert, tuple(links),
+                         self.slot(line, key_type))
+
+    def slot(self, line: CertLine, key_type: KeyType) -> str:
+        """The pair's name in ``.pairs/``: ``<stem>.<tag>``."""
+        return f"{line.file_stem}.{self.settings.tag(key_type)}"
 
     def pair_names(self, line: CertLine, key_type: KeyType) -> tuple[str, str]:
         """(key, certificate) file names in key/ and cert/: the hot path of a no-op run,
@@ -85,3 +107,9 @@ class Layout:
 
     def key_dir(self) -> Path:
         return self.root / "key"
+
+
+def main_target(slot: str, name: str) -> str:
+    """Where the upstream key or certificate name ``name`` points: the file of that very
+    name in the version its pair's pointer names."""
+    return f"../{PAIRS_DIR}/{slot}/{name}"

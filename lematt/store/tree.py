@@ -1,16 +1,26 @@
 """One certificate tree (prod or test): its lock, directories, commit protocol and recovery.
 
-File names are ``lematt.store.layout``'s; besides them the tree holds ``.staging/`` and
-``.journal/`` (new files before they go live) and the owed deploys (``lematt.store.pending``).
+File names are ``lematt.store.layout``'s; besides them the tree holds ``.pairs/`` (the
+versions of each pair, ``lematt.store.pairs``), ``.staging/`` and ``.journal/`` (new files
+before they go live) and the owed deploys (``lematt.store.pending``).
 
 Contract:
-- ``commit`` makes key, CSR and certificate live together: all three are written to
-  ``.staging`` first (fsynced, keys 0600 from the first byte), then the journal
-  (``.journal/pending``, see ``lematt.store.journal``) naming the pending renames is written
-  (fsynced), then the renames run. ``commit_many`` does this for several pairs with one
-  journal write and one fsync per directory (a group commit; ``lematt.store.committer`` feeds it).
-  A crash at any point leaves either the old pair or (after ``recover`` at the next start)
-  the new one - never a new key beside an old certificate.
+- ``check_conf(files)`` refuses a conf dir or config file that another user owns or can
+  write (``ConfigError``, one line naming the path; see ``lematt.store.safe``), before the
+  lock is taken; ``ensure_dirs`` opens (or creates) the tree's directories and checks them
+  the same way (``lematt.store.dirs``), and returns what it repaired (other users' access to
+  ``key/`` taken away), for the user, once; ``dirs()`` is the open ``TreeDirs``.
+- ``commit`` makes key, CSR and certificate live together: the pair's new version directory
+  and CSR are written to ``.staging`` first (fsynced, keys 0600 from the first byte), then
+  the journal (``.journal/pending``, see ``lematt.store.journal``) naming the steps is
+  written (fsynced), then the steps run (``lematt.store.record.apply``): the versions go
+  into ``.pairs``, and each pair's pointer is switched with one rename, so the upstream names
+  show the old pair or the new one at every instant, never a new key beside an old
+  certificate. The same journal names the lines whose deploys the pairs now owe; they are
+  written to the pending file before the journal is cleared. ``commit_many`` does this for
+  several pairs with one journal write and one fsync per directory and phase (a group
+  commit; ``lematt.store.committer`` feeds it). A crash at any point leaves either the old
+  pair or (after ``recover`` at the next start) the new one and its owed deploys.
 - ``lock`` takes a non-blocking exclusive lock on the conf dir; a second run fails at once.
 - Nothing here talks to the network; errors are ``StoreError`` naming the path.
 """
@@ -18,40 +28,28 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
 import secrets
 import stat
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
+from lematt import failpoint
 from lematt.config import Settings
 from lematt.errors import LockError, StoreError
 from lematt.model import CertLine, KeyType
-from lematt.store.atomic import fsync_dir, symlink_atomic, write_temp
+from lematt.store import record
+from lematt.store.dirs import JOURNAL, STAGING, TreeDirs, open_tree
 from lematt.store.journal import Journal
-from lematt.store.layout import (
-    KEY_MODE,
-    PRIVATE_DIR_MODE,
-    PUBLIC_DIR_MODE,
-    PUBLIC_MODE,
-    CertPaths,
-    Layout,
-)
+from lematt.store.layout import KEY_MODE, CertPaths, Layout
+from lematt.store.pairs import NewPair, read_current, stage
 from lematt.store.pending import PendingDeploys
+from lematt.store.safe import check_safe, read_file, remove_tree
 
-
-@dataclass(frozen=True)
-class NewPair:
-    """What one finished order stores: ``key_pem`` None keeps the stored key."""
-
-    line: CertLine
-    key_type: KeyType
-    key_pem: bytes | None
-    csr_pem: bytes
-    chain_pem: bytes
+__all__ = ["NewPair", "Store"]
 
 
 class Store:
@@ -62,58 +60,49 @@ class Store:
         self.test = test
         self.layout = Layout(settings, test=test)
         self.root = self.layout.root
-        self.pending = PendingDeploys(self.root)
-        self.journal_dir = self.root / ".journal"
+        self.journal_dir = self.root / JOURNAL
+        self.pending = PendingDeploys(self.root, self.journal_dir)
         self.journal = Journal(self.journal_dir / "pending")
         # Set when a journaled commit could not be finished: the journal then holds it for
         # the next run, so no later commit of this run may overwrite it.
         self._unfinished: StoreError | None = None
-        # New files are written here first and renamed into key/, csr/, cert/ (one file
-        # system, so the rename is atomic); a crash leaves debris only here.
-        self.staging_dir = self.root / ".staging"
+        # New files are written here first and renamed into the tree (one file system, so
+        # the rename is atomic); a crash before the journal leaves debris only here.
+        self.staging_dir = self.root / STAGING
+        self._dirs: TreeDirs | None = None
 
     # -- lifecycle ----------------------------------------------------------------------
-    def ensure_dirs(self) -> list[str]:
-        """Create the tree's directories that are missing, each with its exact mode (never
-        the umask's). An existing ``key/`` keeps the mode its operator gave it (group access
-        for a service's group, say) unless every user can reach it: then only the bits for
-        other users are taken away. Returns what it changed, for the user; ``StoreError``
-        when ``key/`` is not this user's directory."""
-        changed: list[str] = []
-        try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            for sub, mode in (("key", PRIVATE_DIR_MODE), ("csr", PUBLIC_DIR_MODE),
-                              ("cert", PUBLIC_DIR_MODE)):
-                path = self.root / sub
-                try:
-                    path.mkdir(mode=mode)
-                except FileExistsError:
-                    if sub == "key":
-                        changed += self._keep_key_dir_private(path)
-                    continue
-                os.chmod(path, mode)  # mkdir's mode passed through the umask
-            self.journal_dir.mkdir(exist_ok=True)
-            self.journal.create()
-            self.staging_dir.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
-        except OSError as exc:
-            raise StoreError(f"cannot create the certificate tree {self.root}: {exc}") from exc
-        return changed
+    @property
+    def allow_group(self) -> bool:
+        return self.settings.allow_group_writable
 
-    @staticmethod
-    def _keep_key_dir_private(path: Path) -> list[str]:
-        st = os.lstat(path)
-        if not stat.S_ISDIR(st.st_mode):
-            raise StoreError(f"{path} is not a directory; move it away so lematt can make its "
-                             "key directory there")
-        if st.st_uid != os.geteuid():
-            raise StoreError(f"{path} belongs to user id {st.st_uid}, not to the user running "
-                             "lematt; chown it to that user (keys must be theirs alone)")
-        mode = stat.S_IMODE(st.st_mode)
-        if not mode & 0o007:
-            return []  # private, or shared with a group on purpose: leave it as it is
-        os.chmod(path, mode & ~0o007)
-        return [f"{path}: removed other users' access (mode {mode:04o} -> "
-                f"{mode & ~0o007:04o}); group access, if any, is kept"]
+    def check_conf(self, files: Iterable[Path | None] = ()) -> None:
+        """Refuse a conf dir or config file others can change (see the module docstring)."""
+        check_safe(self.settings.conf_dir, allow_group=self.allow_group, what="conf dir")
+        for path in files:
+            if path is not None:
+                check_safe(path, allow_group=self.allow_group, what="config file")
+
+    def ensure_dirs(self) -> list[str]:
+        """Open (or create) the tree's directories; what was repaired, said once."""
+        dirs = self.dirs()
+        changes, dirs.changes = dirs.changes, []
+        return changes
+
+    def dirs(self) -> TreeDirs:
+        if self._dirs is None:
+            self._dirs = open_tree(self.root, allow_group=self.allow_group)
+            try:
+                self.journal.create()
+            except OSError as exc:
+                raise StoreError(f"cannot create the journal {self.journal.path}: "
+                                 f"{exc.strerror or exc}") from exc
+        return self._dirs
+
+    def close(self) -> None:
+        if self._dirs is not None:
+            self._dirs.close()
+            self._dirs = None
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[int]:
@@ -122,10 +111,14 @@ class Store:
         process while they still store)."""
         path = self.settings.conf_dir / ".lematt.lock"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, KEY_MODE)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, KEY_MODE)
         except OSError as exc:
-            raise StoreError(f"cannot open the lock file {path}: {exc}") from exc
+            hint = (" (a symlink: lematt never follows one in its place)"
+                    if exc.errno == errno.ELOOP else "")
+            raise StoreError(f"cannot open the lock file {path}: {exc.strerror}{hint}") from exc
         try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise StoreError(f"the lock file {path} is not a regular file; remove it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -144,23 +137,22 @@ class Store:
         """Commit through ``.journal/<name>`` (an order process of a sharded run has its
         own; ``recover`` reads them all)."""
         self.journal = Journal(self.journal_dir / name)
+        self.dirs()
         try:
             self.journal.create()
         except OSError as exc:
             raise StoreError(f"cannot create the journal {self.journal.path}: {exc}") from exc
 
+    def read_key(self, line: CertLine, key_type: KeyType) -> bytes | None:
+        """The pair's live key as stored (its own file only; see ``pairs.current``)."""
+        return read_current(self.dirs(), self.layout.paths(line, key_type), "key")
+
     # -- committing ---------------------------------------------------------------------
-    def commit(
-        self,
-        line: CertLine,
-        key_type: KeyType,
-        *,
-        key_pem: bytes | None,
-        csr_pem: bytes,
-        chain_pem: bytes,
-    ) -> CertPaths:
-        """Make (new key,) CSR and chain live together; ``key_pem`` None keeps the old key."""
-        (result,) = self.commit_many([NewPair(line, key_type, key_pem, csr_pem, chain_pem)])
+    def commit(self, line: CertLine, key_type: KeyType, *, key_pem: bytes | None,
+               csr_pem: bytes, chain_pem: bytes, owes_deploy: bool = False) -> CertPaths:
+        """Make (new key,) CSR and chain live together; ``key_pem`` None keeps the key."""
+        (result,) = self.commit_many([NewPair(line, key_type, key_pem, csr_pem, chain_pem,
+                                              owes_deploy)])
         if isinstance(result, StoreError):
             raise result
         return result
@@ -169,49 +161,47 @@ class Store:
         """Make several new pairs live with one journal: a group commit.
 
         Per pair the guarantee is ``commit``'s; what the batch shares is the cost: one
-        journal (written and fsynced once), one fsync of staging and of each target
-        directory, instead of one of each per pair. A pair whose staging files cannot be
-        written fails alone (its ``StoreError`` is in its place in the result); a journal
-        that cannot be written fails them all, with the old files kept.
+        journal (written and fsynced once), one fsync of staging and of each directory per
+        phase, instead of one of each per pair. A pair whose staging files cannot be written
+        fails alone (its ``StoreError`` is in its place in the result); a journal that
+        cannot be written fails them all, with the old files kept.
         """
+        try:
+            dirs = self.dirs()
+        except StoreError as exc:
+            return [exc] * len(pairs)
         token = secrets.token_hex(4)
         results: list[CertPaths | StoreError] = []
-        renames: list[list[str]] = []
-        links: list[list[str]] = []
-        staged: list[Path] = []
-        certs: list[str] = []
+        steps = record.Steps()
+        staged: list[str] = []
         for pair in pairs:
+            paths = self.layout.paths(pair.line, pair.key_type)
             try:
-                paths, pending = self._stage(pair, token)
+                staged += stage(dirs, paths, pair, token, steps)
             except StoreError as exc:
                 results.append(exc)
                 continue
             results.append(paths)
-            staged.extend(tmp for tmp, _ in pending)
-            certs.append(paths.cert.name)
-            renames.extend([str(tmp.relative_to(self.root)), str(final.relative_to(self.root))]
-                           for tmp, final in pending)
-            links.extend([str(link.relative_to(self.root)), target]
-                         for link, target in paths.links)
-        if not renames:
+        if not steps.switch:
             return results
-        record = {"renames": renames, "links": links, "certs": certs}
         try:
             if self._unfinished is not None:
                 raise self._unfinished
             # The staged names must be durable before the journal that refers to them.
-            fsync_dir(self.staging_dir)
-            self.journal.write(record)
+            os.fsync(dirs.fd(STAGING))
+            failpoint.hit("store.staged")
+            self.journal.write(steps.to_json())
         except (OSError, StoreError) as exc:
-            for tmp in staged:
+            for name in staged:
                 with contextlib.suppress(OSError):
-                    tmp.unlink()
+                    remove_tree(name, dirs.fd(STAGING))
             error = exc if isinstance(exc, StoreError) else StoreError(
                 f"cannot write the journal {self.journal.path}: {exc}; old files kept")
             return [error if isinstance(r, CertPaths) else r for r in results]
+        failpoint.hit("store.journaled")
         # From here on the journal guarantees the new pairs go live, now or at the next start.
         try:
-            self._roll_forward(record, self.journal)
+            self._roll_forward(steps, self.journal)
         except StoreError as exc:
             self._unfinished = StoreError(
                 f"not stored: an earlier store of this run could not be finished ({exc}); "
@@ -219,114 +209,71 @@ class Store:
             return [exc if isinstance(r, CertPaths) else r for r in results]
         return results
 
-    def _stage(self, pair: NewPair, token: str) -> tuple[CertPaths, list[tuple[Path, Path]]]:
-        """Write a pair's files to staging (fsynced, final modes); (paths, [(temp, final)])."""
-        paths = self.layout.paths(pair.line, pair.key_type)
-        targets = ([(paths.key, pair.key_pem, KEY_MODE)] if pair.key_pem is not None else []
-                   ) + [(paths.csr, pair.csr_pem, PUBLIC_MODE),
-                        (paths.cert, pair.chain_pem, PUBLIC_MODE)]
-        pending = [(self.staging_dir / f"{target.name}.{token}", target)
-                   for target, _, _ in targets]
-        try:
-            for (tmp, target), (_, data, mode) in zip(pending, targets, strict=True):
-                write_temp(target, data, mode, tmp)
-        except OSError as exc:
-            for tmp, _ in pending:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
-            raise StoreError(f"cannot write {paths.cert.parent}: {exc}; old files kept"
-                             ) from exc
-        return paths, pending
-
-    def _roll_forward(self, record: dict[str, list[list[str]]], journal: Journal | Path,
-                      ) -> None:
-        """Finish the renames and links of a journaled commit, then clear its journal
+    def _roll_forward(self, steps: record.Steps, journal: Journal | Path) -> None:
+        """Carry out a journaled commit, record its owed deploys, then clear its journal
         (a ``Path``: a per-commit journal file of an earlier lematt, removed instead)."""
+        dirs = self.dirs()
+
+        def owed() -> None:
+            self.pending.add(steps.owed)
+            failpoint.hit("store.owed")
+
         try:
-            dirs: set[Path] = set()
-            for tmp_rel, final_rel in record.get("renames", []):
-                tmp, final = self.root / tmp_rel, self.root / final_rel
-                # A missing temp file was renamed before a crash; its directory is still
-                # fsynced below, since that rename may not have reached the disk.
-                with contextlib.suppress(FileNotFoundError):
-                    os.replace(tmp, final)
-                dirs.add(final.parent)
-            for link_rel, target in record.get("links", []):
-                link = self.root / link_rel
-                if self._link(link, target):
-                    dirs.add(link.parent)
-            # One fsync per directory makes the renames and the links durable together;
-            # only then may the journal go.
-            for d in dirs:
-                fsync_dir(d)
+            record.apply(dirs, steps, owed)
             if isinstance(journal, Journal):
                 journal.clear()
             else:
-                journal.unlink()
+                os.unlink(journal.name, dir_fd=dirs.fd(JOURNAL))
         except OSError as exc:
             raise StoreError(
-                f"cannot finish storing {self._journal_subject(record, journal)}: {exc}; "
+                f"cannot finish storing {self._journal_subject(steps, journal)}: {exc}; "
                 "the next run completes it"
             ) from exc
 
     @staticmethod
-    def _journal_subject(record: dict[str, list[list[str]]], journal: Journal | Path) -> str:
-        certs = [str(c) for c in record.get("certs", [])]
+    def _journal_subject(steps: record.Steps, journal: Journal | Path) -> str:
+        certs = steps.certs
         if len(certs) > 3:
             return f"{', '.join(certs[:3])} and {len(certs) - 3} more"
         if certs:
             return ", ".join(certs)
         return journal.stem if isinstance(journal, Path) else "a certificate"
 
-    @staticmethod
-    def _link(link: Path, target: str) -> bool:
-        """Point the per-name symlink ``link`` at ``target``; True if it had to change."""
-        try:
-            if os.readlink(link) == target:
-                return False  # already right: renewals keep the combined file's name
-        except FileNotFoundError:
-            # A new name: creating the link is atomic by itself (no temp name, no rename).
-            with contextlib.suppress(FileExistsError):
-                os.symlink(target, link)
-                return True
-        except OSError:
-            # Not a symlink: a name that is also a single-name line has a real file here.
-            return False
-        symlink_atomic(link, target)
-        return True
-
     def recover(self) -> list[str]:
-        """Finish commits a crash interrupted and drop orphaned temp files; say what was done."""
+        """Finish commits a crash interrupted and drop orphaned staged files; say what was
+        done. A journal naming anything but lematt's own paths is refused (``StoreError``)."""
         done: list[str] = []
-        if not self.journal_dir.is_dir():
-            return done
+        dirs = self.dirs()
+        journal_fd = dirs.fd(JOURNAL)
+        names = sorted(os.listdir(journal_fd))
         # Per-commit journal files (*.json) come from an earlier lematt; they hold the same
-        # kind of record.
-        for legacy in sorted(self.journal_dir.glob("*.json")):
+        # kind of record, without a checksum: parse() is all that stands between them and
+        # the file system.
+        for name in (n for n in names if n.endswith(".json")):
+            legacy = self.journal_dir / name
+            data = read_file(name, journal_fd)
             try:
-                record = json.loads(legacy.read_bytes())
-            except (OSError, ValueError) as exc:
+                raw = json.loads(data or b"")
+            except ValueError as exc:
                 raise StoreError(f"unreadable journal {legacy}: {exc}; inspect it") from exc
-            self._roll_forward(record, legacy)
+            steps = record.parse(raw, str(legacy))
+            self._roll_forward(steps, legacy)
             done.append(
-                f"completed an interrupted store of {self._journal_subject(record, legacy)}")
+                f"completed an interrupted store of {self._journal_subject(steps, legacy)}")
         # "pending", and "pending-N" of the order processes of a sharded run.
-        for path in sorted(self.journal_dir.glob("pending*")):
-            journal = Journal(path)
-            try:
-                record = journal.read()
-            except OSError as exc:
-                raise StoreError(f"cannot read the journal {path}: {exc}") from exc
-            if record is not None:
-                self._roll_forward(record, journal)
+        for name in (n for n in names if n.startswith("pending")):
+            journal = Journal(self.journal_dir / name)
+            raw = journal.read()
+            if raw is not None:
+                steps = record.parse(raw, str(journal.path))
+                self._roll_forward(steps, journal)
                 done.append("completed an interrupted store of "
-                            f"{self._journal_subject(record, journal)}")
+                            f"{self._journal_subject(steps, journal)}")
         # Whatever is left in staging belongs to a commit that crashed before its journal
         # was written: it never went live. (Staging is small; the key and cert directories,
         # which can hold 100,000 entries, are never listed.)
-        with contextlib.suppress(FileNotFoundError), os.scandir(self.staging_dir) as it:
-            for entry in it:
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
+        staging = dirs.fd(STAGING)
+        for name in os.listdir(staging):
+            with contextlib.suppress(OSError):
+                remove_tree(name, staging)
         return done
-

@@ -43,6 +43,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # (LEMATT_TEST_PORT_OFFSET=1000 python3 -m pytest -q). Tests must take ports from the fixture.
 PORT_OFFSET = int(os.environ.get("LEMATT_TEST_PORT_OFFSET", "0"))
 LEMATT_TIMEOUT = 300.0  # seconds; a hung run must fail the test, not the CI job
+# The suite reads lematt's lines as a terminal shows them; without a terminal lematt would put a
+# timestamp in front of each (README "Logging"). tests/e2e/test_operator_records.py checks the
+# shapes themselves by setting LEMATT_LOG_FORMAT for its runs.
+os.environ.setdefault("LEMATT_LOG_FORMAT", "plain")
 
 
 @dataclass

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from lematt.testing.sshd import ClientKit
 from tests.e2e.conftest import MakeConf, RunLematt, SshdHostFactory
+from tests.e2e.faults.pairs import check_pairs
 
 
 def conf_with(make_conf: MakeConf, tmp_path: Path, kit: ClientKit, domains: str,
@@ -158,7 +161,8 @@ def test_unreachable_and_wrong_key_hosts_fail_alone_then_pending_deploy_is_retri
     assert marker.exists()
     assert f"127.0.0.2]:{good.port}: " not in second.stderr  # the good host was not redone
     pending = json.loads((tmp_path / "test/.deploy-pending.json").read_text())
-    assert list(pending) == [f"[127.0.0.9]:{good.port}"]
+    assert pending["owed"] == [{"names": ["iso.deploy.test"],
+                                "hosts": [f"[127.0.0.9]:{good.port}"]}]
 
     # The user drops the dead host from actions.conf: its debt is void, the run is quiet.
     del actions["default"]["uploadCerts"][2]
@@ -214,3 +218,48 @@ def test_ini_and_yaml_actions_deploy_the_same(
         assert result.returncode == 0, result.stderr
         results.append(listing(target))
     assert results[0] == results[1] and len(results[0]) == 6
+
+
+def test_rsync_a_of_certs_and_keys_delivers_regular_files_that_match(
+        tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt) -> None:
+    """The original lematt's documented deploy, ``rsync -a CERTS host:dir/`` as a shell
+    action, on lematt's tree whose upstream names are links into ``.pairs``: what arrives is
+    a regular file under each upstream name (not a link that dangles on the other side), the
+    per-name links point at it, and every key matches its certificate - after the first
+    order and again after a renewal with new keys. The conf dir has a space in its name, so
+    the expanded paths must be quoted."""
+    if shutil.which("rsync") is None:
+        pytest.fail("rsync is missing: apt-get install rsync (.ci/run installs it)")
+    remote = tmp_path / "remote"
+    certs_out, keys_out = remote / "certs", remote / "keys"
+    certs_out.mkdir(parents=True)
+    keys_out.mkdir()
+    actions = ("[default]\n"
+               f'uploadCerts: ["rsync -a CERTS \'{certs_out}/\'"]\n'
+               f'uploadKeys: ["rsync -a KEYS \'{keys_out}/\'"]\n')
+    conf = make_conf(tmp_path / "my conf", "rs.deploy.test www\nsolo.deploy.test\n",
+                     actions_text=actions,
+                     # Due at every run (Pebble's certificates last 5 years), new keys.
+                     extra_conf={"reauthorizeDays": 5000, "alwaysGenerateNewKeys": "yes"})
+    tree = conf.parent / "test"
+    for run in range(2):
+        result = run_lematt("--test", "--config", conf)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "renewed solo.deploy.test" in result.stdout
+        for out, local in ((certs_out, tree / "cert"), (keys_out, tree / "key")):
+            # Every name of the tree arrived; the upstream names as regular files with the
+            # bytes they show in the tree, the per-name links as links beside them.
+            assert sorted(p.name for p in out.iterdir()) == sorted(
+                p.name for p in local.iterdir() if not p.name.startswith("."))
+            for path in out.iterdir():
+                shown = local / path.name
+                if os.readlink(shown).startswith("../.pairs/"):
+                    assert not path.is_symlink() and path.is_file(), path
+                else:
+                    assert os.readlink(path) == os.readlink(shown)
+                    assert not Path(os.readlink(path)).is_absolute()
+                assert path.read_bytes() == shown.read_bytes(), f"{path.name} (run {run + 1})"
+        # 2 lines x 2 key types, plus the SAN line's two per-name links per key type.
+        assert len(check_pairs(certs_out, keys_out)) == 8
+        mains = [p for p in certs_out.iterdir() if not p.is_symlink()]
+        assert len(mains) == 4

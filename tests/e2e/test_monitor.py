@@ -51,11 +51,13 @@ def cert_labels(lineno: int, name: str) -> tuple[tuple[str, str], ...]:
     return (("key_type", "ec"), ("line", str(lineno)), ("name", name))
 
 
-def run_at(conf: Path, now: datetime, *, force: bool = False) -> list[tuple[str, bool]]:
+def run_at(conf: Path, now: datetime, *, force: bool = False,
+           only: tuple[str, ...] = ()) -> list[tuple[str, bool]]:
     """One run in this process with its clock at ``now`` (``Options.now``): the back-off
     is judged by it, so no test waits for a minute to pass. (name, renewed) per order."""
     config = config_mod.load(conf)
-    result = anyio.run(run, config, Options(test=True, now=now, force=force), Reporter())
+    result = anyio.run(run, config, Options(test=True, now=now, force=force, only=only),
+                       Reporter())
     assert result is not None
     return [(o.job.line.primary, o.changed) for o in result.outcomes]
 
@@ -117,10 +119,10 @@ def test_a_failed_order_backs_off_is_held_then_tried_again(
             (failed,) = [c for c in doc["certificates"] if c["names"] == [FAIL]]
             assert failed["backoff"]["failures"] == 1 and "failed" in failed["flags"]
 
-            # The forced run (--force) orders it during its back-off: it fails again, and
-            # the delay doubles.
+            # The forced run (--only it --force) orders it during its back-off: it fails
+            # again, and the delay doubles.
             soon = datetime.fromtimestamp(entry["last"], UTC) + timedelta(seconds=30)
-            assert run_at(conf, soon, force=True) == [(FAIL, False)]
+            assert run_at(conf, soon, force=True, only=(FAIL,)) == [(FAIL, False)]
             assert front.count("POST", new_order) == orders + 1
             again = json.loads(backoff_file(conf).read_text())["certificates"][name]
             assert again["failures"] == 2 and again["until"] - again["last"] == 120

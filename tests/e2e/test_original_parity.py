@@ -7,10 +7,18 @@ name, an RSA account key, ``SSL_CERT_FILE`` for Pebble's TLS and ``http_proxy`` 
 pre-check of the token file. Nothing of it is copied into the project.
 
 Compared: the file tree (names, symlinks, modes), the names in each certificate, the sections
-each certificate reaches and what ``CERTS``/``KEYS``/``DOMAINS_*`` expand to (as the sets of
-files the shell globs match, relative to each conf dir), the prepare commands, second runs
-(nothing due) and exit codes; then each program's second run on the other's tree. Every
-difference that remains is listed in the README ("Coming from the original lematt").
+each certificate reaches and what ``CERTS``/``KEYS``/``DOMAINS_*`` expand to (as sets of
+files, relative to each conf dir), the prepare commands, second runs (nothing due) and exit
+codes; then each program's second run on the other's tree. Every difference that remains is
+listed in the README ("Coming from the original lematt").
+
+One difference of layout is compared by what it resolves to: where the original has a
+regular key or certificate file under an upstream name, lematt has a link through its
+pair's pointer in ``.pairs`` (the key and certificate switch together) to a regular file of
+that same name; such a name counts as that file (kind, mode, and the basename it resolves
+to, which must be the upstream name). Likewise ``CERTS``/``KEYS``: the original's shell glob
+lists ``<tree>/cert/<name>``, lematt names the real file ``<tree>/.pairs/<version>/<name>``
+(what ``rsync -a`` then copies as a file); both are compared as ``<tree>/cert/<name>``.
 """
 
 from __future__ import annotations
@@ -122,7 +130,15 @@ def _tree(conf: Path) -> dict[str, str]:
         if rel.startswith("."):
             continue  # lematt's own .staging/.journal/.inventory
         if path.is_symlink():
-            found[rel] = f"-> {os.readlink(path)}"
+            target = os.readlink(path)
+            if target.startswith("../.pairs/"):
+                # lematt's upstream name: a link through the pair's pointer to a regular file
+                # of the same name, compared as that file.
+                real = path.resolve(strict=True)
+                assert real.is_file() and real.name == path.name, (rel, real)
+                found[rel] = f"file {stat.S_IMODE(real.stat().st_mode):04o}"
+            else:
+                found[rel] = f"-> {target}"
         else:
             kind = "dir" if path.is_dir() else "file"
             found[rel] = f"{kind} {stat.S_IMODE(path.stat().st_mode):04o}"
@@ -132,8 +148,8 @@ def _tree(conf: Path) -> dict[str, str]:
 def _names(conf: Path) -> dict[str, list[str]]:
     certs = {}
     for path in sorted((conf.parent / "test" / "cert").glob("*-cert-combined.*.pem")):
-        if path.is_symlink():
-            continue
+        if path.is_symlink() and not os.readlink(path).startswith("../.pairs/"):
+            continue  # a per-name link (lematt's upstream names link through .pairs)
         leaf = x509.load_pem_x509_certificate(path.read_bytes())
         san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         certs[path.name] = sorted(san.value.get_values_for_type(x509.DNSName))
@@ -146,8 +162,18 @@ def _records(out: Path, conf: Path) -> dict[str, list[str]]:
     records = {}
     for path in sorted(out.iterdir()):
         words = path.read_text().split() if path.is_file() else []
-        records[path.name] = sorted({w.replace(base, "<conf>") for w in words})
+        records[path.name] = sorted({_as_upstream(w.replace(base, "<conf>")) for w in words})
     return records
+
+
+def _as_upstream(word: str) -> str:
+    """A real file lematt named in CERTS/KEYS (``<conf>/test/.pairs/<version>/<name>``) as
+    the upstream name it stands for (``<conf>/test/{cert,key}/<name>``)."""
+    found = re.fullmatch(r"(<conf>/test)/\.pairs/[^/]+\+[0-9a-f]+/([^/]+)", word)
+    if found is None:
+        return word
+    where = "cert" if "-cert-combined." in found[2] else "key"
+    return f"{found[1]}/{where}/{found[2]}"
 
 
 @dataclass(frozen=True)
@@ -206,8 +232,8 @@ def test_the_original_and_lematt_make_the_same_tree_and_run_the_same_actions(
     assert "prepared-other-pc.other.test" in records_l
     assert "prepared-default-pc.parity.test" in records_l
     for path in (conf_l.parent / "test" / "key").iterdir():
-        if not path.is_symlink():
-            assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        # Every key lematt shows (through its link into .pairs, or a per-name link) is 0600.
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
     # Second runs, and each program's second run on the other's tree: nothing is due.
     for conf in (conf_o, conf_l):

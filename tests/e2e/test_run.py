@@ -61,8 +61,12 @@ def test_issues_single_san_and_shorthand_lines_rsa_and_ec(
         for name in ("san.run.test", "www.san.run.test", "api.san.run.test"):
             link = t["cert"] / f"{name}-cert-combined.{tag}.test.pem"
             assert link.is_symlink() and os.readlink(link) == san_cert.name
-            assert (t["key"] / f"{name}-key.{tag}.test.pem").resolve() == (
-                t["key"] / f"{stem}-key.{tag}.test.pem")
+            assert os.readlink(t["key"] / f"{name}-key.{tag}.test.pem") == (
+                f"{stem}-key.{tag}.test.pem")
+        # The upstream names switch key and certificate together: links through the pair's
+        # one pointer in .pairs (lematt.store.pairs).
+        # The file it resolves to carries the upstream name itself.
+        assert os.readlink(san_cert) == f"../.pairs/{stem}.{tag}/{san_cert.name}"
         assert (t["csr"] / f"{stem}-csr.{tag}.test.csr").read_bytes().startswith(
             b"-----BEGIN CERTIFICATE REQUEST-----")
     # Full chain: leaf plus at least one intermediate.
@@ -164,11 +168,15 @@ update: ["echo mail DOMAINS_CN >> '{log}'"]
     assert result.returncode == 0, result.stderr
     lines = log.read_text().splitlines()
     certdir = tree(conf)["cert"]
-    # ls -d expands the globs: the combined file and per-name links of web.act.test.
+    # CERTS: the combined file (the real one in .pairs, under its upstream name) and the
+    # per-name links (in cert/) of web.act.test.
     listed = {Path(p).name for p in lines if p.startswith("/")}
     assert "web.act.test_www.web.act.test-cert-combined.rsa2048.test.pem" in listed
     assert "www.web.act.test-cert-combined.prime256v1.test.pem" in listed
-    assert all(str(certdir) in p for p in lines if p.startswith("/"))
+    for p in (Path(p) for p in lines if p.startswith("/")):
+        assert p.is_file() and (certdir / p.name).read_bytes() == p.read_bytes()
+        assert p.parent == certdir or (p.parent.parent == certdir.parent / ".pairs"
+                                       and not p.is_symlink())
     assert lines.count("reload-all") == 1
     assert "cn web.act.test" in lines
     assert "mail mail.act.test" in lines

@@ -57,3 +57,17 @@ def _no_network_no_subprocess(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         if hasattr(os, name):
             monkeypatch.setattr(os, name, _refuse(f"call os.{name}"))
     yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_lematt_logger() -> Iterator[None]:
+    """``lematt.cli.main`` gives the ``lematt`` logger its handlers (``lematt.logs``), bound to
+    the streams of the test that called it: no later test may write through them."""
+    import logging
+
+    yield
+    logger = logging.getLogger("lematt")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True

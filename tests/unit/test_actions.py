@@ -3,12 +3,15 @@ them through real processes is tests/e2e/test_actions.py)."""
 
 from __future__ import annotations
 
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from lematt.config import Actions, Section, Settings, SshForward, SshRun, SshUpload
 from lematt.deploy.plan import LOCAL, Step, deploy_plan
+from lematt.execution import UploadFile
 from lematt.model import CertLine
 from lematt.store.layout import Layout
 
@@ -37,17 +40,28 @@ def hosts_of(dest: str) -> str:
     return {"web-a": "[127.0.0.2]:2222", "web-b": "[127.0.0.2]:2222"}.get(dest, dest)
 
 
+def stored_files(lines: Sequence[CertLine], kind: str, mode: int | None
+                 ) -> tuple[UploadFile, ...]:
+    """Stand-in for deploy.files: per line, its real file and its per-name links."""
+    where = Path("/my conf/prod/.pairs") if kind == "uploadCerts" else Path("/k $(x)")
+    return tuple(UploadFile(where / f"{n}-{kind}", f"{n}-{kind}")
+                 for line in lines for n in line.names)
+
+
 def test_steps_uploads_first_then_distinct_updates(layout: Layout) -> None:
-    plan = deploy_plan(ACTIONS, [A, MAIL], layout, hosts_of, no_files)
+    plan = deploy_plan(ACTIONS, [A, MAIL], layout, hosts_of, stored_files)
     assert list(plan) == [LOCAL]
     steps = plan[LOCAL]
     kinds = [s.kind for s in steps]
     assert kinds == ["uploadCerts", "uploadKeys", "update", "update", "update"]
-    certdir = str(layout.cert_dir())
+    # CERTS / KEYS: the listed files, each quoted, in order (no glob for the shell).
     assert steps[0] == Step("uploadCerts", "default", LOCAL,
-                            f"cp '{certdir}/a.example.com'* '{certdir}/www.a.example.com'* /srv")
+                            "cp '/my conf/prod/.pairs/a.example.com-uploadCerts' "
+                            "'/my conf/prod/.pairs/www.a.example.com-uploadCerts' /srv")
     assert steps[1].section == "every"
-    assert steps[1].command.count("*") == 3  # every renewed cert's names
+    assert shlex.split(steps[1].command) == [  # every renewed cert's files
+        "push", "/k $(x)/a.example.com-uploadKeys", "/k $(x)/www.a.example.com-uploadKeys",
+        "/k $(x)/mail.example.com-uploadKeys"]
     updates = [s.command for s in steps[2:]]
     assert updates == ["reload nginx", "reload postfix mail.example.com",
                        "log a.example.com www.a.example.com mail.example.com"]
@@ -99,3 +113,39 @@ def test_local_and_ssh_runners_are_runners() -> None:
     destination = SshDestination.resolve("deploy@127.0.0.2:2222", None)
     assert isinstance(SshPool().runner(destination), Runner)
 
+
+def test_certs_name_the_real_files_and_only_the_lines_own_links(tmp_path: Path) -> None:
+    """What CERTS / KEYS stand for, on a stored tree: the regular file behind each upstream
+    name (in .pairs, under that same name) and the line's own per-name links; a name that
+    is also a single-name line stays that line's (its upstream name is a link into .pairs
+    too, and must never be sent as the SAN line's link)."""
+    from datetime import UTC, datetime
+
+    from lematt import crypto
+    from lematt.deploy.files import upload_files
+    from lematt.store.tree import Store
+    from lematt.testing.certs import LocalCA
+
+    settings = Settings(conf_dir=tmp_path, account_key=tmp_path / "k", key_types=("ec",))
+    store = Store(settings, test=False)
+    store.ensure_dirs()
+    single = CertLine(1, ("mail.example.com",))
+    san = CertLine(2, ("example.com", "mail.example.com", "www.example.com"))
+    for line in (single, san):
+        key = crypto.load_private_key(crypto.generate_private_pem("ec"))
+        store.commit(line, "ec", key_pem=crypto.private_key_pem(key),
+                     csr_pem=crypto.csr_pem(crypto.make_csr(key, line.names)),
+                     chain_pem=LocalCA().issue_days(key, line.names, datetime.now(UTC), 1))
+    files = upload_files(store.layout, ("ec",), [san], "uploadCerts", None)
+    main = store.layout.paths(san, "ec").cert
+    assert [f.name for f in files] == [main.name, "example.com-cert-combined.prime256v1.pem",
+                                       "www.example.com-cert-combined.prime256v1.pem"]
+    real = files[0]
+    assert real.local.name == main.name and real.symlink_target is None
+    assert real.local.parent.parent == store.root / ".pairs" and not real.local.is_symlink()
+    assert real.local.read_bytes() == main.read_bytes()
+    assert {f.symlink_target for f in files[1:]} == {main.name}
+    # The single line's own name is still its own file.
+    (only,) = upload_files(store.layout, ("ec",), [single], "uploadCerts", None)
+    assert only.name == "mail.example.com-cert-combined.prime256v1.pem"
+    assert only.local.read_bytes() == store.layout.paths(single, "ec").cert.read_bytes()

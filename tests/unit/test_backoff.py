@@ -203,7 +203,7 @@ def test_settle_records_failures_clears_successes_and_what_is_no_longer_due(
 
 
 def test_failure_keeps_retry_after_through_its_json_codec() -> None:
-    failure = Failure(FailureKind.RATE_LIMITED, "slow down", "urn:x", 3600.0)
+    failure = Failure(FailureKind.RATE_LIMITED, "slow down", "urn:x", retry_after=3600.0)
     assert Failure.from_json(json.loads(json.dumps(failure.to_json()))) == failure
     assert Failure.from_json({"kind": "ca", "message": "m", "retry_after": True}).retry_after \
         is None

@@ -19,7 +19,8 @@ def test_the_plain_run_parses_as_before() -> None:
     assert args["command"] is None and args["test"] is True and args["cron"] is True
     assert args["config"] == Path("x/lematt.conf") and args["parallel"] == 5
     assert parse("--prod")["test"] is False
-    assert parse("--prod")["config"] == Path("conf/lematt.conf")
+    # Not given: looked up later (lematt.locate), so no default here.
+    assert parse("--prod")["config"] is None
 
 
 @pytest.mark.parametrize("argv", [
@@ -54,5 +55,13 @@ def test_usage_errors_exit_2(argv: tuple[str, ...], capsys: pytest.CaptureFixtur
 
 
 def test_every_command_has_a_parser_and_a_handler() -> None:
-    assert set(COMMANDS) == {"account", "revoke", "status"}
+    assert set(COMMANDS) == {"plan", "account", "revoke", "verify", "status"}
     assert all(callable(b) and callable(h) for b, h in COMMANDS.values())
+
+
+def test_verify_arguments() -> None:
+    args = parse("verify", "a.example.com", "--test", "--json", "out.json")
+    assert (args["names"], args["test"], args["json"]) == (["a.example.com"], True,
+                                                           Path("out.json"))
+    args = parse("--prod", "--json", "v.json", "verify")
+    assert (args["names"], args["test"], args["json"]) == ([], False, Path("v.json"))

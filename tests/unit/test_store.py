@@ -12,11 +12,11 @@ import pytest
 
 from lematt import crypto
 from lematt.config import Settings
-from lematt.errors import LockError, StoreError
+from lematt.errors import ConfigError, LockError, StoreError
 from lematt.model import CertLine
 from lematt.store.inventory import scan_one
 from lematt.store.journal import Journal
-from lematt.store.layout import CertPaths, Layout
+from lematt.store.layout import CertPaths, Layout, main_target
 from lematt.store.tree import NewPair, Store
 from lematt.testing.certs import LocalCA
 
@@ -130,17 +130,26 @@ def test_commit_leaves_nothing_in_staging_and_staging_is_private(tmp_path: Path)
     assert stat.S_IMODE(store.staging_dir.stat().st_mode) == 0o700
 
 
-def test_link_never_replaces_a_real_file(tmp_path: Path) -> None:
+def test_link_never_replaces_another_lines_upstream_name(tmp_path: Path) -> None:
+    """A name that is also a single-name line: the SAN line's per-name link never takes the
+    single line's upstream name - neither its link into .pairs nor an old regular file."""
     store = Store(settings(tmp_path), test=False)
     store.ensure_dirs()
     single = CertLine(1, ("mail.example.com",))
     _, k1, c1, ch1 = _material(single.names)
     single_paths = store.commit(single, "ec", key_pem=k1, csr_pem=c1, chain_pem=ch1)
-    san = CertLine(2, ("example.com", "mail.example.com"))
+    legacy = CertLine(3, ("old.example.com",))
+    _, k3, _c3, ch3 = _material(legacy.names)
+    legacy_paths = store.layout.paths(legacy, "ec")
+    legacy_paths.key.write_bytes(k3)
+    legacy_paths.cert.write_bytes(ch3)
+    san = CertLine(2, ("example.com", "mail.example.com", "old.example.com"))
     _, k2, c2, ch2 = _material(san.names)
     store.commit(san, "ec", key_pem=k2, csr_pem=c2, chain_pem=ch2)
-    assert not single_paths.cert.is_symlink()
-    assert single_paths.cert.read_bytes() == ch1
+    assert os.readlink(single_paths.cert) == main_target(single_paths.slot,
+                                                         single_paths.cert.name)
+    assert single_paths.cert.read_bytes() == ch1 and single_paths.key.read_bytes() == k1
+    assert not legacy_paths.cert.is_symlink() and legacy_paths.cert.read_bytes() == ch3
 
 
 def test_second_lock_fails_clearly(tmp_path: Path) -> None:
@@ -279,7 +288,7 @@ def test_a_commit_that_cannot_finish_keeps_its_journal_and_stops_later_commits(
     store.ensure_dirs()
     first, second = _pairs(2)
 
-    def failing_replace(src: object, dst: object) -> None:
+    def failing_replace(src: object, dst: object, **kwargs: object) -> None:
         raise OSError(5, "Input/output error")
 
     with monkeypatch.context() as patch:
@@ -350,7 +359,7 @@ def test_new_tree_directories_get_exact_modes_whatever_the_umask(tmp_path: Path)
 
 @pytest.mark.parametrize(("before", "after", "said"), [
     (0o700, 0o700, False), (0o750, 0o750, False),  # an operator's group access stays
-    (0o755, 0o750, True), (0o777, 0o770, True)])  # other users lose theirs
+    (0o755, 0o750, True), (0o705, 0o700, True)])  # other users lose theirs
 def test_an_existing_key_directory_keeps_its_group_access(
         tmp_path: Path, before: int, after: int, said: bool) -> None:
     store = Store(settings(tmp_path), test=False)
@@ -370,5 +379,6 @@ def test_a_key_directory_of_another_user_is_refused(tmp_path: Path) -> None:
     if os.geteuid() != 0:
         pytest.fail("this test chowns a directory: run the suite as root, as CI does")
     os.chown(key_dir, 65534, 65534)
-    with pytest.raises(StoreError, match="belongs to user id 65534"):
+    # Refused as every directory of the tree another user owns is (StrictModes, exit 2).
+    with pytest.raises(ConfigError, match="owned by uid 65534"):
         store.ensure_dirs()
