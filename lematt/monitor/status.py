@@ -279,7 +279,8 @@ def _text(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list[str]
             notes.append(f"{row.label}, line {row.line.lineno}: {entry.failures} failed "
                          f"order{'s' if entry.failures != 1 else ''} in a row, last "
                          f"{_utc(entry.last)} UTC: {entry.message}; next attempt {retry}"
-                         f"{' UTC' if entry.until > now else ''} (--force orders it now)")
+                         f"{' UTC' if entry.until > now else ''} (lematt --only "
+                         f"{row.line.primary} --force orders it now)")
     owed: dict[str, list[str]] = {}
     for row in rows:
         for host in row.owed:
