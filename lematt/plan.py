@@ -178,53 +178,84 @@ def timing_warnings(settings: Settings, lines: tuple[CertLine, ...],
     return warnings
 
 
+# What ``due_rule`` names as the rule that makes a pair due at its moment (README "Renewal
+# timing"); the window rule (5) also carries the CA's explanation URL when it gave one.
+RULE_NOW = ""  # due whatever the time: due_reason says why
+RULE_EXPIRY = "expiry"
+RULE_WINDOW_END = "the end of the CA's renewal window (ARI)"
+RULE_WINDOW = "the CA's renewal window (ARI)"
+RULE_HALF = "half of its lifetime left"
+RULE_THIRD = "a third of its lifetime left"
+
+
 def due_at(settings: Settings, line: CertLine, found: Found,
            state: CertState | None = None) -> float:
     """The moment (seconds since the epoch) from which ``due_reason`` names a reason for
     this pair if nothing but the clock changes; 0.0 when it is due whatever the time.
-    Rule by rule the same decisions as ``due_reason`` (kept in step by
-    tests/unit/test_plan_due_at.py), so that a quiet run can say until when it stays quiet.
-    Where rounding could tip ``due_reason`` either way (a value within a second of a
-    limit), the earlier moment is answered: early is only a full run too many."""
+    ``due_rule``'s moment (see there)."""
+    return due_rule(settings, line, found, state)[0]
+
+
+def due_rule(settings: Settings, line: CertLine, found: Found,
+             state: CertState | None = None,
+             span: tuple[float, float] | None = None) -> tuple[float, str]:
+    """(``due_at``'s moment, the rule that makes the pair due then): the one answer to
+    "when does this pair become due" (the quiet-run memo and ``lematt status`` both ask
+    it). Rule by rule the same decisions as ``due_reason`` (kept in step by
+    tests/unit/test_plan_due_at.py). Where rounding could tip ``due_reason`` either way (a
+    value within a second of a limit), the earlier moment is answered: early is only a full
+    run too many. The rule is ``RULE_NOW`` for 0.0, else the rule of the earliest moment
+    (on a tie, the configured rule before a window's end, both before expiry). ``span``:
+    the certificate's (notBefore, notAfter) as timestamps, when the caller has them."""
     cert = found.cert
     if cert is None or found.problem is not None or frozenset(line.names) != cert.names:
-        return 0.0
+        return 0.0, RULE_NOW
     window = None
     if state is not None:
         if state.revoked:
-            return 0.0
+            return 0.0, RULE_NOW
         if state.profile is not None and state.profile != (line.profile or ""):
-            return 0.0
+            return 0.0, RULE_NOW
         window = state.window
-    not_before, not_after = cert.not_before.timestamp(), cert.not_after.timestamp()
+    not_before, not_after = span or (cert.not_before.timestamp(), cert.not_after.timestamp())
     if window is not None and window.chosen >= not_after - 1.0:
         # Not trusted with the certificate's life (see due_reason); at the limit itself,
         # either way.
         untrusted = _due_moment(settings, not_before, not_after, None)
         if window.chosen >= not_after + 1.0:
             return untrusted
-        return min(untrusted, _due_moment(settings, not_before, not_after, window))
+        trusted = _due_moment(settings, not_before, not_after, window)
+        return trusted if trusted[0] < untrusted[0] else untrusted
     return _due_moment(settings, not_before, not_after, window)
 
 
 def _due_moment(settings: Settings, not_before: float, not_after: float,
-                window: RenewalWindow | None) -> float:
-    moment = not_after  # expired
-    if window is not None:
-        moment = min(moment, window.end)
+                window: RenewalWindow | None) -> tuple[float, str]:
     lifetime = not_after - not_before
-    part = 2 if lifetime < _SHORT_SECONDS else 3
-    fallback = not_after - lifetime / part
+    if lifetime < _SHORT_SECONDS:
+        fallback, fallback_rule = not_after - lifetime / 2, RULE_HALF
+    else:
+        fallback, fallback_rule = not_after - lifetime / 3, RULE_THIRD
     after = settings.generate_new_certs_after_days
     if after:
-        moment = min(moment, not_before + after * 86400)
+        moment, rule = not_before + after * 86400, f"generateNewCertsAfterDays {after:g}"
         # Within a second of the lifetime, rounding decides which rule due_reason takes.
-        return moment if after * 86400 < lifetime - 1.0 else min(moment, fallback)
-    if settings.reauthorize_days is not None:
-        return min(moment, not_after - settings.reauthorize_days * 86400)
-    if window is not None:
-        return min(moment, window.chosen)
-    return min(moment, fallback)
+        if after * 86400 >= lifetime - 1.0 and fallback < moment:
+            moment, rule = fallback, fallback_rule
+    elif settings.reauthorize_days is not None:
+        moment = not_after - settings.reauthorize_days * 86400
+        rule = f"reauthorizeDays {settings.reauthorize_days:g}"
+    elif window is not None:
+        url = window.explanation_url
+        moment, rule = window.chosen, (f"{RULE_WINDOW}; the CA explains: {url}" if url
+                                       else RULE_WINDOW)
+    else:
+        moment, rule = fallback, fallback_rule
+    if window is not None and window.end < moment:
+        moment, rule = window.end, RULE_WINDOW_END
+    if not_after < moment:
+        moment, rule = not_after, RULE_EXPIRY
+    return moment, rule
 
 
 def next_due(settings: Settings, lines: tuple[CertLine, ...],

@@ -8,12 +8,12 @@ state (``store.renewal.RenewalBook``: the CA's renewal window, profile, revocati
 back-off book and the owed deploys (``monitor.owed``). Pure: no I/O.
 
 ``next_renewal`` says when the next run will renew a certificate and by which rule. It
-follows ``lematt.plan`` exactly: when ``plan.due_reason`` says the certificate is due, it
-is due now for that reason; otherwise the moment the first rule that will apply takes
-effect (README "Renewal timing"): the end of the CA's window (rule 2) when that comes
-first, else ``generateNewCertsAfterDays`` (rule 3), ``reauthorizeDays`` (rule 4), the
-moment picked in the CA's renewal window (rule 5), or a third (half) of the lifetime left
-(rule 6).
+asks ``lematt.plan`` alone: when ``plan.due_reason`` says the certificate is due, it is due
+now for that reason; otherwise at ``plan.due_rule``'s moment, by its rule (README "Renewal
+timing"): the end of the CA's window (rule 2) when that comes first, else
+``generateNewCertsAfterDays`` (rule 3), ``reauthorizeDays`` (rule 4), the moment picked in
+the CA's renewal window (rule 5), or a third (half) of the lifetime left (rule 6).
+``due_reason`` is asked only near or past that moment: before it, it has nothing to say.
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from typing import NamedTuple
 from lematt.config import Settings
 from lematt.model import CertLine, CertState, Found, KeyType, RenewalWindow
 from lematt.monitor.owed import Names
-from lematt.plan import SHORT_LIFETIME, due_reason
+from lematt.plan import due_reason, due_rule
 from lematt.store.backoff import Backoff, BackoffBook
 from lematt.store.renewal import RenewalBook
 
-_SHORT_SECONDS = SHORT_LIFETIME.total_seconds()
+# plan.due_at's promise: more than this before its moment, due_reason names no reason.
+_ROUNDING = 2.0
 
 Key = tuple[int, KeyType]
 
@@ -64,36 +65,13 @@ def next_renewal(settings: Settings, line: CertLine, found: Found, now: datetime
                  span: tuple[float, float] | None = None) -> tuple[bool, float, str]:
     """(due now, when it is or becomes due, why); see the module docstring. ``span``: the
     certificate's (notBefore, notAfter) as timestamps, when the caller has them."""
+    moment, rule = due_rule(settings, line, found, state, span)
+    if moment > now_ts + _ROUNDING:
+        return False, moment, rule  # plan.due_reason has nothing to say before the moment
     reason = due_reason(settings, line, found, now, state, now_ts)
     if reason is not None:
         return True, now_ts, reason
-    cert = found.cert
-    assert cert is not None  # due_reason says "missing" otherwise
-    not_before, not_after = span or (cert.not_before.timestamp(), cert.not_after.timestamp())
-    lifetime = not_after - not_before
-    window = state.window if state is not None else None
-    # plan.due_reason does not trust a window whose moment lies past the certificate's life.
-    if window is not None and window.chosen - now_ts >= not_after - now_ts:
-        window = None
-    after = settings.generate_new_certs_after_days
-    at: float
-    if after and after * 86400 < lifetime:
-        at, why = not_before + after * 86400, f"generateNewCertsAfterDays {after:g}"
-    elif not after and settings.reauthorize_days is not None:
-        at, why = not_after - settings.reauthorize_days * 86400, \
-            f"reauthorizeDays {settings.reauthorize_days:g}"
-    elif not after and window is not None:
-        # The window's dates are in the row (Row.window): formatting them here for 20,000
-        # certificates would cost more than the rest of the row.
-        url = f"; the CA explains: {window.explanation_url}" if window.explanation_url else ""
-        return False, window.chosen, f"the CA's renewal window (ARI){url}"
-    elif lifetime < _SHORT_SECONDS:
-        at, why = not_after - lifetime / 2, "half of its lifetime left"
-    else:
-        at, why = not_after - lifetime / 3, "a third of its lifetime left"
-    if window is not None and window.end < at:
-        return False, window.end, "the end of the CA's renewal window (ARI)"
-    return False, at, why
+    return False, moment, rule  # within a second or two of the moment
 
 
 def _trusted(window: RenewalWindow | None, now: float,

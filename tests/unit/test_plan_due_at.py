@@ -1,5 +1,6 @@
-"""plan.due_at agrees with due_reason: before the moment it names, the pair is not due; from
-a second after it, it is (whatever the rule that decides). The quiet-run memo trusts it."""
+"""plan.due_at (due_rule's moment) agrees with due_reason: before the moment it names, the
+pair is not due; from a second after it, it is (whatever the rule that decides). The
+quiet-run memo and ``lematt status`` trust it."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from lematt.config import Settings
 from lematt.model import CertInfo, CertLine, CertState, Found, RenewalWindow
-from lematt.plan import due_at, due_reason, next_due
+from lematt.plan import due_at, due_reason, due_rule, next_due
 
 LINE = CertLine(1, ("a.example.com",))
 BASE = 1_800_000_000.0  # 2027-01-15
@@ -82,3 +83,31 @@ def test_next_due_is_the_earliest_and_infinity_without_pairs() -> None:
              (2, "rsa"): Found(early, None), (2, "ec"): Found(late, None)}
     assert next_due(settings, (LINE, other), found) == BASE + 20 * DAY
     assert next_due(settings, (), {}) == float("inf")
+
+
+def test_due_rule_names_the_rule_of_the_moment() -> None:
+    """The rule ``lematt status`` shows comes with the moment: the earliest rule wins, a
+    window's end before the rule it cuts short, the explanation URL with rule 5."""
+    cert = CertInfo(_at(BASE), _at(BASE + 90 * DAY), frozenset(LINE.names), cert_id="x")
+    short = CertInfo(_at(BASE), _at(BASE + 6 * DAY), frozenset(LINE.names), cert_id="x")
+    found = Found(cert, None)
+    late = RenewalWindow(BASE + 70 * DAY, BASE + 80 * DAY, BASE + 75 * DAY,
+                         "https://ca.example/why")
+    early = RenewalWindow(BASE + 5 * DAY, BASE + 10 * DAY, BASE + 7 * DAY)
+    plain = _settings(None, None)
+    assert due_rule(plain, LINE, Found(None, "missing")) == (0.0, "")
+    assert due_rule(plain, LINE, found) == (BASE + 60 * DAY, "a third of its lifetime left")
+    assert due_rule(plain, LINE, Found(short, None)) == (BASE + 3 * DAY,
+                                                         "half of its lifetime left")
+    assert due_rule(plain, LINE, found, CertState("x", "", late)) == (
+        BASE + 75 * DAY, "the CA's renewal window (ARI); the CA explains: "
+                         "https://ca.example/why")
+    assert due_rule(_settings(45, None), LINE, found) == (BASE + 45 * DAY,
+                                                          "generateNewCertsAfterDays 45")
+    assert due_rule(_settings(45, None), LINE, found, CertState("x", "", early)) == (
+        BASE + 10 * DAY, "the end of the CA's renewal window (ARI)")
+    assert due_rule(_settings(None, 20), LINE, found) == (BASE + 70 * DAY, "reauthorizeDays 20")
+    assert due_rule(_settings(200, None), LINE, found) == (BASE + 60 * DAY,
+                                                           "a third of its lifetime left")
+    # The span the caller already has is used as given.
+    assert due_rule(plain, LINE, found, None, (BASE, BASE + 30 * DAY))[0] == BASE + 20 * DAY
