@@ -135,8 +135,8 @@ def status(config: Config, store: Store, now: float, warn_days: float, as_json: 
     if as_json:
         # One line (pipe it through ``jq .`` to read it): 20,000 certificates indented
         # would be megabytes of blanks.
-        out.write(json.dumps(_document(rows, all_flags, warnings, now, warn_days, mode,
-                                       store, tree_exists, status_code)) + "\n")
+        out.write(_json_text(rows, all_flags, warnings, now, warn_days, mode, store,
+                             tree_exists, status_code) + "\n")
     else:
         out.write(_text(rows, all_flags, warnings, now, warn_days, mode, store, tree_exists,
                         attention))
@@ -146,6 +146,8 @@ def status(config: Config, store: Store, now: float, warn_days: float, as_json: 
 def _document(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list[str],
               now: float, warn_days: float, mode: str, store: Store, tree_exists: bool,
               status_code: int) -> dict[str, object]:
+    """The ``--json`` document (the README documents its fields): its definition, which
+    ``_json_text`` writes without building it."""
     certificates = []
     iso = _IsoMinutes().of
     for row, row_flags in zip(rows, all_flags, strict=True):
@@ -168,6 +170,78 @@ def _document(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list[
                 "next_attempt_at": iso(entry.until)},
             "owed_hosts": list(row.owed),
         })
+    owed = _owed_by_host(rows)
+    return {
+        "schema": SCHEMA, "version": VERSION, "generated_at": iso(now), "mode": mode,
+        "tree": str(store.root), "tree_exists": tree_exists, "warn_days": warn_days,
+        "exit_status": status_code, "certificates": certificates, "owed_deploys": owed,
+        "warnings": warnings,
+    }
+
+
+def _json_text(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list[str],
+               now: float, warn_days: float, mode: str, store: Store, tree_exists: bool,
+               status_code: int) -> str:
+    """``json.dumps(_document(...))``, byte for byte (tests/unit/test_monitor.py), written
+    row by row from pieces kept per line, per flag set, per reason and per minute: building
+    and encoding 20,000 dicts would make ``status --json`` slower than a no-op run."""
+    enc = json.encoder.encode_basestring_ascii  # what json.dumps writes a str with
+    dumps = json.dumps
+    minutes: dict[int, str] = {}
+
+    def iso(timestamp: float) -> str:  # _IsoMinutes, with the quotes
+        whole = int(timestamp // 1)
+        minute = whole // 60
+        text = minutes.get(minute)
+        if text is None:
+            text = minutes[minute] = time.strftime('"%Y-%m-%dT%H:%M:',
+                                                   time.gmtime(minute * 60))
+        return f'{text}{whole % 60:02d}Z"'
+
+    stated = {flags: dumps(list(flags)) for flags in set(all_flags)}
+    whys: dict[str, str] = {}
+    kinds = {"rsa": '"rsa"', "ec": '"ec"'}
+    parts: list[str] = []
+    append = parts.append
+    line = None
+    head = owed_hosts = profile = ""
+    for row, row_flags in zip(rows, all_flags, strict=True):
+        if row.line is not line:  # a line's certificates come one after the other
+            line = row.line
+            head = f'{{"line": {line.lineno}, "names": {dumps(list(line.names))}, "key_type": '
+            profile = "null" if line.profile is None else enc(line.profile)
+            owed_hosts = dumps(list(row.owed))
+        not_after = row.not_after
+        why = whys.get(row.why)
+        if why is None:
+            why = whys[row.why] = enc(row.why)
+        window = row.window
+        entry = row.backoff
+        append(f'{head}{kinds[row.key_type]}, "file": {enc(row.cert_name)}, "flags": '
+               f'{stated[row_flags]}, "not_after": '
+               f'{"null" if not_after is None else iso(not_after)}, "days_left": '
+               f'{"null" if not_after is None else repr(round((not_after - now) / 86400, 2))}'
+               f', "renewal": {{"due": {"true" if row.due else "false"}, "at": '
+               f'{iso(row.renew_at)}, "why": {why}}}, "ari_window": '
+               + ("null" if window is None else
+                  f'{{"start": {iso(window.start)}, "end": {iso(window.end)}, "chosen": '
+                  f'{iso(window.chosen)}, "explanation_url": '
+                  f'{"null" if window.explanation_url is None else enc(window.explanation_url)}}}')
+               + f', "profile": {profile}, "problem": '
+               f'{"null" if row.problem is None else enc(row.problem)}, "backoff": '
+               + ("null" if entry is None else dumps({
+                   "failures": entry.failures, "last_failure_at": _iso(entry.last),
+                   "kind": entry.kind, "message": entry.message,
+                   "next_attempt_at": _iso(entry.until)}))
+               + f', "owed_hosts": {owed_hosts}}}')
+    return (f'{{"schema": {enc(SCHEMA)}, "version": {VERSION}, "generated_at": {iso(now)}, '
+            f'"mode": {enc(mode)}, "tree": {enc(str(store.root))}, "tree_exists": '
+            f'{dumps(tree_exists)}, "warn_days": {dumps(warn_days)}, "exit_status": '
+            f'{status_code}, "certificates": [{", ".join(parts)}], "owed_deploys": '
+            f'{dumps(_owed_by_host(rows))}, "warnings": {dumps(warnings)}}}')
+
+
+def _owed_by_host(rows: list[Row]) -> dict[str, list[list[str]]]:
     owed: dict[str, list[list[str]]] = {}
     seen_lines: set[int] = set()
     for row in rows:
@@ -175,12 +249,7 @@ def _document(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list[
             seen_lines.add(row.line.lineno)
             for host in row.owed:
                 owed.setdefault(host, []).append(list(row.line.names))
-    return {
-        "schema": SCHEMA, "version": VERSION, "generated_at": iso(now), "mode": mode,
-        "tree": str(store.root), "tree_exists": tree_exists, "warn_days": warn_days,
-        "exit_status": status_code, "certificates": certificates, "owed_deploys": owed,
-        "warnings": warnings,
-    }
+    return owed
 
 
 def _days(not_after: float | None, now: float, memo: dict[int, str]) -> str:

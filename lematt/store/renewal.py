@@ -7,7 +7,8 @@ large or of another version: empty, and rebuilt; a damaged row is skipped) and h
   describes, the profile lematt ordered it with, the CA's renewal window with the moment
   lematt picked in it, when to ask the CA again (its Retry-After), and a revocation mark.
   ``state(cert_name, cert_id)`` returns it only while ``cert_id`` is still that
-  certificate's: a renewed certificate is never judged by its predecessor's state;
+  certificate's: a renewed certificate is never judged by its predecessor's state
+  (``states`` answers the same for many certificates in one pass);
 * per CA directory URL, ``CaFacts``: what its directory offered when lematt last read it
   (renewalInfo, profiles, external account binding, terms of service), so that a cron run
   with nothing to ask the CA reads no directory at all.
@@ -114,11 +115,16 @@ def _number(text: str) -> float | None:
 
 
 def _decode(rest: str) -> CertState:
-    """A row's state (the row without its certificate name). Inlined number parsing: a
-    ``lematt status`` decodes every row, 20,000 of them."""
+    """A row's state (the row without its certificate name)."""
     fields = rest.split("\t")
     if len(fields) != _FIELDS - 1:
         raise ValueError(rest[:60])
+    return _decode_fields(fields, rest)
+
+
+def _decode_fields(fields: list[str], rest: str) -> CertState:
+    """``_decode`` of a row already split. Inlined number parsing: a ``lematt status``
+    decodes every row, 20,000 of them."""
     cert_id, profile, revoked, next_check, start, end, chosen, explanation = fields
     s = float(start) if start else None
     e = float(end) if end else None
@@ -284,6 +290,30 @@ class RenewalBook:
         except (ValueError, OverflowError):
             return None
         return state
+
+    def states(self, wanted: Mapping[str, str]) -> dict[str, CertState]:
+        """``state`` for many certificates at once: per file name in ``wanted`` (file name
+        -> certID), its kept state while its row still describes that certificate;
+        damaged rows left out. One pass with the row decoding inlined: ``lematt status``
+        asks for every row (20,000 of them) and must stay as quick as a no-op run."""
+        rows, decoded = self.rows, self._decoded
+        out: dict[str, CertState] = {}
+        for name, cert_id in wanted.items():
+            rest = rows.get(name)
+            if rest is None or not cert_id:
+                continue
+            state = decoded.get(name)
+            if state is None:
+                fields = rest.split("\t")
+                if fields[0] != cert_id or len(fields) != _FIELDS - 1:
+                    continue
+                try:
+                    state = decoded[name] = _decode_fields(fields, rest)
+                except (ValueError, OverflowError):
+                    continue
+            if state.cert_id == cert_id:
+                out[name] = state
+        return out
 
     def shortcut(self, now: float, line_profiles: set[str], index: str) -> Shortcut | None:
         """The shared state that may stand for every row (``Shortcut``), or None when rows

@@ -115,3 +115,59 @@ def test_status_of_a_tree_that_does_not_exist_is_one_line_and_1(tmp_path: Path) 
     assert status(config, Store(config.settings, test=True), TS, 14, False, out, "test") == 1
     assert out.getvalue().count("\n") == 1 and "every certificate is missing" in out.getvalue()
     assert not (tmp_path / "test").exists()
+
+
+def test_json_is_written_as_json_dumps_would_write_the_document(tmp_path: Path) -> None:
+    """status --json writes its document row by row without building it: the text is
+    exactly json.dumps of the document, for every kind of row (missing, failed, owed, a
+    window with and without its URL, a profile, names beyond ASCII, odd seconds)."""
+    import json
+
+    from lematt.monitor.status import _document, _json_text
+    from lematt.store.tree import Store
+
+    (tmp_path / "domains").write_text("example.com\n")
+    conf = tmp_path / "lematt.conf"
+    conf.write_text("[config]\naccountKey: a.key\nchallengeDropDir: c\n")
+    store = Store(load(conf).settings, test=True)
+    s = settings()
+    lines = (LINE, CertLine(2, ("b.example.com",), profile="shortlived"),
+             CertLine(3, ("xn--bcher-kva.example",)), CertLine(4, ("d.example.com",)))
+    odd = NOW + timedelta(seconds=37.75)
+    got = {
+        (1, "rsa"): found(1), (1, "ec"): found(70),
+        (2, "rsa"): Found(None, "missing"), (2, "ec"): Found(None, "unreadable: \"bad\"\tx"),
+        (3, "rsa"): Found(CertInfo(odd - timedelta(days=3), odd + timedelta(days=3),
+                                   frozenset({"xn--bcher-kva.example"})), "key is missing"),
+        (3, "ec"): Found(CertInfo(NOW - timedelta(days=100), NOW - timedelta(days=10),
+                                  frozenset({"xn--bcher-kva.example"})), key_present=True),
+        (4, "rsa"): Found(CertInfo(NOW, NOW + timedelta(days=90), frozenset({"d.example.com"}),
+                                   cert_id="d.rsa"), key_present=True),
+        (4, "ec"): Found(CertInfo(NOW, NOW + timedelta(days=90), frozenset({"d.example.com"}),
+                                  cert_id="d.ec"), key_present=True),
+    }
+    names = {key: f"{key[0]}-{key[1]}ü.pem" for key in got}
+
+    failed = {"2-rsaü.pem": Backoff(3, TS - 10.5, TS + 110, "validation", "ä \"no\"")}
+
+    class Book:
+        entries = failed
+
+    class Kept:
+        def __len__(self) -> int:
+            return 2
+
+        def states(self, wanted: dict[str, str]) -> dict[str, CertState]:
+            return {"4-rsaü.pem": CertState("d.rsa", "", RenewalWindow(
+                        TS + 5.25 * 86400, TS + 9 * 86400, TS + 7 * 86400 + 0.5,
+                        "https://ca.example/é")),
+                    "4-ecü.pem": CertState("d.ec", "", RenewalWindow(
+                        TS + 5 * 86400, TS + 9 * 86400, TS + 7 * 86400))}
+
+    rows = certificate_rows(s, lines, got, names, Kept(), Book(),  # type: ignore[arg-type]
+                            {("b.example.com",): ("web1", "wëb2")}, TS)
+    all_flags = [flags(r, TS, 14) for r in rows]
+    assert rows[6].window is not None and rows[6].window.explanation_url
+    for warn_days, code, warnings in ((14.0, 1, ["owed deploys unknown: \"x\""]), (3.5, 0, [])):
+        args = (rows, all_flags, warnings, TS + 0.999, warn_days, "test", store, True, code)
+        assert _json_text(*args) == json.dumps(_document(*args))
