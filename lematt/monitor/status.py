@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
 from typing import TextIO
 
 from lematt.config import Config
@@ -42,18 +41,6 @@ ATTENTION = frozenset({"missing", "unreadable", "broken", "expired", "expiring",
 
 def _utc(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(timestamp))
-
-
-class _Minutes(dict[int, str]):
-    """``_utc`` memoised by the minute: certificates are issued in batches, so 20,000 rows
-    share a few hundred distinct minutes."""
-
-    def __missing__(self, minute: int) -> str:
-        text = self[minute] = _utc(minute * 60)
-        return text
-
-    def of(self, timestamp: float) -> str:
-        return self[int(timestamp // 60)]
 
 
 class _IsoMinutes(dict[int, str]):
@@ -201,6 +188,7 @@ def _json_text(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list
 
     stated = {flags: dumps(list(flags)) for flags in set(all_flags)}
     whys: dict[str, str] = {}
+    lefts: dict[float, str] = {}  # days left, to the hundredth: shared by many rows
     kinds = {"rsa": '"rsa"', "ec": '"ec"'}
     parts: list[str] = []
     append = parts.append
@@ -216,18 +204,31 @@ def _json_text(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list
         why = whys.get(row.why)
         if why is None:
             why = whys[row.why] = enc(row.why)
+        if not_after is None:
+            expires = left = "null"
+        else:
+            expires = iso(not_after)
+            left_days = round((not_after - now) / 86400, 2)
+            left = lefts.get(left_days) if left_days else None  # not 0.0 for -0.0
+            if left is None:
+                left = lefts[left_days] = repr(left_days)
         window = row.window
+        at = row.renew_at
+        if window is None:
+            at_text, window_text = iso(at), "null"
+        else:
+            end = iso(window.end)
+            chosen = iso(window.chosen)
+            # rules 2 and 5 name the window's own moments: formatted once
+            at_text = end if at == window.end else chosen if at == window.chosen else iso(at)
+            url = window.explanation_url
+            window_text = (f'{{"start": {iso(window.start)}, "end": {end}, "chosen": {chosen}, '
+                           f'"explanation_url": {"null" if url is None else enc(url)}}}')
         entry = row.backoff
         append(f'{head}{kinds[row.key_type]}, "file": {enc(row.cert_name)}, "flags": '
-               f'{stated[row_flags]}, "not_after": '
-               f'{"null" if not_after is None else iso(not_after)}, "days_left": '
-               f'{"null" if not_after is None else repr(round((not_after - now) / 86400, 2))}'
-               f', "renewal": {{"due": {"true" if row.due else "false"}, "at": '
-               f'{iso(row.renew_at)}, "why": {why}}}, "ari_window": '
-               + ("null" if window is None else
-                  f'{{"start": {iso(window.start)}, "end": {iso(window.end)}, "chosen": '
-                  f'{iso(window.chosen)}, "explanation_url": '
-                  f'{"null" if window.explanation_url is None else enc(window.explanation_url)}}}')
+               f'{stated[row_flags]}, "not_after": {expires}, "days_left": {left}, '
+               f'"renewal": {{"due": {"true" if row.due else "false"}, "at": {at_text}, '
+               f'"why": {why}}}, "ari_window": {window_text}'
                + f', "profile": {profile}, "problem": '
                f'{"null" if row.problem is None else enc(row.problem)}, "backoff": '
                + ("null" if entry is None else dumps({
@@ -267,14 +268,6 @@ def _days(not_after: float | None, now: float, memo: dict[int, str]) -> str:
     return text
 
 
-def _next(row: Row, now: float, utc: Callable[[float], str]) -> str:
-    """When the next run renews it: now, or once its back-off is over, or at renew_at."""
-    if row.due:
-        entry = row.backoff
-        return "now" if entry is None or entry.until <= now else f"{utc(entry.until)} *"
-    return utc(row.renew_at)
-
-
 def _shown(line: CertLine) -> str:
     names = line.names
     return names[0] if len(names) == 1 else f"{names[0]} +{len(names) - 1}"
@@ -285,7 +278,8 @@ def _table_lines(rows: list[Row], all_flags: list[tuple[str, ...]], now: float) 
     column) as it is. The widths come from the few distinct values of each column (per
     line, per flag set, the extremes of notAfter), and each row is one ``str.format``: a
     status of 20,000 certificates must stay as quick as a no-op cron run."""
-    lines = {id(row.line): row.line for row in rows}.values()
+    shown_of = {id(row.line): (row.line, _shown(row.line)) for row in rows}
+    lines = [line for line, _ in shown_of.values()]
     stated = {flags: "ok" if flags is _OK else ",".join(flags) for flags in set(all_flags)}
     not_afters = [row.not_after for row in rows if row.not_after is not None]
     days: dict[int, str] = {}
@@ -296,27 +290,41 @@ def _table_lines(rows: list[Row], all_flags: list[tuple[str, ...]], now: float) 
         if (low - now) / 86400 < 10 and (high - now) / 86400 > -10:
             left_width = max(left_width, 7)  # "-9.9 d" and the like
     widths = [max([4, *(len(str(line.lineno)) for line in lines)]),
-              max([11, *(len(_shown(line)) for line in lines)]), 3, 16, left_width, 18,
-              max([7, *(len(line.profile or "-") for line in lines)]),
+              max([11, *(len(shown) for _, shown in shown_of.values())]), 3, 16, left_width,
+              18, max([7, *(len(line.profile or "-") for line in lines)]),
               max([5, *(len(text) for text in stated.values())])]
     fmt = "  ".join([*(f"{{:{'>' if i in (0, 4) else '<'}{w}}}"
                        for i, w in enumerate(widths)), "{}"]).format
     out = [fmt("LINE", "CERTIFICATE", "KEY", "NOT AFTER (UTC)", "LEFT", "NEXT RENEWAL (UTC)",
                "PROFILE", "STATE", "WHY")]
     append = out.append
-    utc = _Minutes().of
+    minutes: dict[int, str] = {}
+    get_minute = minutes.get
+
+    def utc(timestamp: float) -> str:  # _utc memoised by the minute (twice a row)
+        minute = int(timestamp // 60)
+        text = get_minute(minute)
+        if text is None:
+            text = minutes[minute] = _utc(minute * 60)
+        return text
+
     kinds = {"rsa": "RSA", "ec": "EC"}
     line = None
-    lineno = shown = ""
+    lineno = shown = profile = ""
     for row, row_flags in zip(rows, all_flags, strict=True):
         if row.line is not line:  # a line's certificates come one after the other
             line = row.line
-            lineno, shown = str(line.lineno), _shown(line)
+            lineno, shown = str(line.lineno), shown_of[id(line)][1]
+            profile = line.profile or "-"
         not_after = row.not_after
+        if row.due:  # _next, inline
+            entry = row.backoff
+            renew = "now" if entry is None or entry.until <= now else f"{utc(entry.until)} *"
+        else:
+            renew = utc(row.renew_at)
         append(fmt(lineno, shown, kinds[row.key_type],
                    utc(not_after) if not_after is not None else "-",
-                   _days(not_after, now, days), _next(row, now, utc), row.profile or "-",
-                   stated[row_flags], row.why))
+                   _days(not_after, now, days), renew, profile, stated[row_flags], row.why))
     return out
 
 

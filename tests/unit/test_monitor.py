@@ -132,19 +132,26 @@ def test_json_is_written_as_json_dumps_would_write_the_document(tmp_path: Path) 
     store = Store(load(conf).settings, test=True)
     s = settings()
     lines = (LINE, CertLine(2, ("b.example.com",), profile="shortlived"),
-             CertLine(3, ("xn--bcher-kva.example",)), CertLine(4, ("d.example.com",)))
+             CertLine(3, ("xn--bcher-kva.example",)), CertLine(4, ("d.example.com",)),
+             CertLine(5, ("e.example.com",)))
     odd = NOW + timedelta(seconds=37.75)
+    gone = NOW - timedelta(seconds=3)  # -0.0 days left, as json.dumps writes it
     got = {
         (1, "rsa"): found(1), (1, "ec"): found(70),
         (2, "rsa"): Found(None, "missing"), (2, "ec"): Found(None, "unreadable: \"bad\"\tx"),
         (3, "rsa"): Found(CertInfo(odd - timedelta(days=3), odd + timedelta(days=3),
                                    frozenset({"xn--bcher-kva.example"})), "key is missing"),
-        (3, "ec"): Found(CertInfo(NOW - timedelta(days=100), NOW - timedelta(days=10),
+        (3, "ec"): Found(CertInfo(NOW - timedelta(days=100), gone,
                                   frozenset({"xn--bcher-kva.example"})), key_present=True),
         (4, "rsa"): Found(CertInfo(NOW, NOW + timedelta(days=90), frozenset({"d.example.com"}),
                                    cert_id="d.rsa"), key_present=True),
         (4, "ec"): Found(CertInfo(NOW, NOW + timedelta(days=90), frozenset({"d.example.com"}),
                                   cert_id="d.ec"), key_present=True),
+        # 0.0 days left next to -0.0 (the memo of days left must keep them apart)
+        (5, "rsa"): Found(CertInfo(NOW, NOW + timedelta(seconds=3), frozenset({"e.example.com"})),
+                          key_present=True),
+        (5, "ec"): Found(CertInfo(NOW, NOW + timedelta(seconds=1), frozenset({"e.example.com"})),
+                         key_present=True),
     }
     names = {key: f"{key[0]}-{key[1]}ü.pem" for key in got}
 
