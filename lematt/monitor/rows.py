@@ -86,15 +86,7 @@ def certificate_rows(settings: Settings, lines: tuple[CertLine, ...],
     append = rows.append
     entries = backoff.entries if backoff is not None else {}
     key_types = settings.key_types
-    kept_states: dict[str, CertState] = {}
-    if renewal is not None and len(renewal) > 0:
-        wanted = {}
-        for key, state in found.items():
-            cert = state.cert
-            if cert is not None and cert.cert_id:
-                wanted[names[key]] = cert.cert_id
-        kept_states = renewal.states(wanted)
-    get_kept = kept_states.get
+    get_kept = (renewal.all_states() if renewal is not None else {}).get
     soon = now + _ROUNDING
     for line in lines:
         line_owed = owed.get(line.names, ()) if owed else ()
@@ -113,6 +105,8 @@ def certificate_rows(settings: Settings, lines: tuple[CertLine, ...],
                 continue
             not_before, not_after = cert.not_before.timestamp(), cert.not_after.timestamp()
             kept = get_kept(name)
+            if kept is not None and (kept.cert_id != cert.cert_id or not cert.cert_id):
+                kept = None  # another certificate's state (as RenewalBook.state)
             at, why = due_rule(settings, line, state, kept, (not_before, not_after))
             due = False
             if at <= soon:  # next_renewal: due_reason is asked only near or past the moment

@@ -278,8 +278,8 @@ def _table_lines(rows: list[Row], all_flags: list[tuple[str, ...]], now: float) 
     column) as it is. The widths come from the few distinct values of each column (per
     line, per flag set, the extremes of notAfter), and each row is one ``str.format``: a
     status of 20,000 certificates must stay as quick as a no-op cron run."""
-    shown_of = {id(row.line): (row.line, _shown(row.line)) for row in rows}
-    lines = [line for line, _ in shown_of.values()]
+    lines = list({id(row.line): row.line for row in rows}.values())
+    shown_of = {id(line): (line, _shown(line)) for line in lines}
     stated = {flags: "ok" if flags is _OK else ",".join(flags) for flags in set(all_flags)}
     not_afters = [row.not_after for row in rows if row.not_after is not None]
     days: dict[int, str] = {}

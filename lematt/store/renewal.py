@@ -8,7 +8,7 @@ large or of another version: empty, and rebuilt; a damaged row is skipped) and h
   lematt picked in it, when to ask the CA again (its Retry-After), and a revocation mark.
   ``state(cert_name, cert_id)`` returns it only while ``cert_id`` is still that
   certificate's: a renewed certificate is never judged by its predecessor's state
-  (``states`` answers the same for many certificates in one pass);
+  (``all_states`` decodes every row at once, for the caller to compare);
 * per CA directory URL, ``CaFacts``: what its directory offered when lematt last read it
   (renewalInfo, profiles, external account binding, terms of service), so that a cron run
   with nothing to ask the CA reads no directory at all.
@@ -30,6 +30,7 @@ read: until the earliest of those moments nothing kept can make anything due.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -291,28 +292,28 @@ class RenewalBook:
             return None
         return state
 
-    def states(self, wanted: Mapping[str, str]) -> dict[str, CertState]:
-        """``state`` for many certificates at once: per file name in ``wanted`` (file name
-        -> certID), its kept state while its row still describes that certificate;
-        damaged rows left out. One pass with the row decoding inlined: ``lematt status``
-        asks for every row (20,000 of them) and must stay as quick as a no-op run."""
-        rows, decoded = self.rows, self._decoded
+    def all_states(self) -> dict[str, CertState]:
+        """Every row's state by certificate file name, damaged rows left out. A state is
+        a certificate's only while its certID is the certificate's: the caller compares
+        (as ``state`` does). One pass over the file with the row decoding inlined and no
+        row kept split: ``lematt status`` reads every row (20,000 of them) and must stay
+        as quick as a no-op run."""
         out: dict[str, CertState] = {}
-        for name, cert_id in wanted.items():
-            rest = rows.get(name)
-            if rest is None or not cert_id:
+        if self._rows is not None:  # split already (and maybe changed by put)
+            for name, rest in self._rows.items():
+                with contextlib.suppress(ValueError, OverflowError):
+                    out[name] = self._decoded.get(name) or _decode(rest)
+            return out
+        text = self._data[self._rows_at:].decode(errors="replace")
+        for row in text.splitlines():
+            fields = row.split("\t")
+            if len(fields) != _FIELDS or row.startswith("@") or "\ufffd" in row:
                 continue
-            state = decoded.get(name)
-            if state is None:
-                fields = rest.split("\t")
-                if fields[0] != cert_id or len(fields) != _FIELDS - 1:
-                    continue
-                try:
-                    state = decoded[name] = _decode_fields(fields, rest)
-                except (ValueError, OverflowError):
-                    continue
-            if state.cert_id == cert_id:
-                out[name] = state
+            name = fields[0]
+            try:
+                out[name] = _decode_fields(fields[1:], row)
+            except (ValueError, OverflowError):
+                out.pop(name, None)  # the last row of a name counts, as in ``rows``
         return out
 
     def shortcut(self, now: float, line_profiles: set[str], index: str) -> Shortcut | None:

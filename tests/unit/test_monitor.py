@@ -161,10 +161,7 @@ def test_json_is_written_as_json_dumps_would_write_the_document(tmp_path: Path) 
         entries = failed
 
     class Kept:
-        def __len__(self) -> int:
-            return 2
-
-        def states(self, wanted: dict[str, str]) -> dict[str, CertState]:
+        def all_states(self) -> dict[str, CertState]:
             return {"4-rsaü.pem": CertState("d.rsa", "", RenewalWindow(
                         TS + 5.25 * 86400, TS + 9 * 86400, TS + 7 * 86400 + 0.5,
                         "https://ca.example/é")),

@@ -91,6 +91,32 @@ def test_damaged_rows_are_skipped_and_the_rest_kept(tmp_path: Path) -> None:
     assert book.ca("https://x") is None
 
 
+def test_all_states_reads_what_state_reads_row_by_row(tmp_path: Path) -> None:
+    """The one-pass decoder (lematt status) answers as ``state`` does for every row, skips
+    damaged rows, lets the last row of a name count, and sees rows changed by ``put``."""
+    good = "\t".join(["good.pem", "id", "", "", "1.0", "", "", "", ""])
+    windowed = "\t".join(["w.pem", "wid", "?", "superseded", "", "1.5", "2.5", "2.0",
+                          "https://ca.example/why"])
+    bad_number = "\t".join(["bad.pem", "id", "", "", "nan", "", "", "", ""])
+    later_bad = "\t".join(["good2.pem", "id", "", "", "inf", "", "", "", ""])
+    rows = ["lematt-renewal 1", "short\trow", good, windowed, bad_number,
+            "\t".join(["good2.pem", "id", "", "", "2.0", "", "", "", ""]), later_bad,
+            "\t".join(["half.pem", "id", "", "", "", "1.0", "", "", ""]), "@ca\t{not json"]
+    (tmp_path / STATE_NAME).write_bytes(("\n".join(rows) + "\n").encode()
+                                        + b"odd\xff.pem\tid\t\t\t\t\t\t\t\n")
+    states = RenewalBook(tmp_path).all_states()
+    book = RenewalBook(tmp_path)
+    assert states == {"good.pem": book.state("good.pem", "id"),
+                      "w.pem": book.state("w.pem", "wid"),
+                      "half.pem": book.state("half.pem", "id")}
+    assert states["w.pem"] == CertState("wid", None, RenewalWindow(1.5, 2.5, 2.0,
+                                                                   "https://ca.example/why"),
+                                        0.0, "superseded")
+    assert book.state("good2.pem", "id") is None and book.state("bad.pem", "id") is None
+    book.put("new.pem", CertState("nid", "", WINDOW, 3.0))
+    assert book.all_states() == {**states, "new.pem": CertState("nid", "", WINDOW, 3.0)}
+
+
 def test_a_file_over_the_bound_is_not_read(tmp_path: Path) -> None:
     path = tmp_path / STATE_NAME
     with open(path, "wb") as fh:
