@@ -5,7 +5,8 @@ Contract: ``certificate_rows(settings, lines, found, names, renewal, backoff, ow
 returns a ``Row`` per certificate in domains order (key types in ``keyTypes`` order) from
 what the local tree holds: the inventory scan (``found``, ``names``), the kept renewal
 state (``store.renewal.RenewalBook``: the CA's renewal window, profile, revocation), the
-back-off book and the owed deploys (``monitor.owed``). Pure: no I/O.
+back-off book, the owed deploys (``monitor.owed``) and what the verify endpoints served at
+their last check (``store.served``). Pure: no I/O.
 
 ``next_renewal`` says when the next run will renew a certificate and by which rule. It
 follows ``lematt.plan`` exactly: when ``plan.due_reason`` says the certificate is due, it
@@ -18,7 +19,7 @@ moment picked in the CA's renewal window (rule 5), or a third (half) of the life
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ from lematt.monitor.owed import Names
 from lematt.plan import SHORT_LIFETIME, due_reason
 from lematt.store.backoff import Backoff, BackoffBook
 from lematt.store.renewal import RenewalBook
+from lematt.store.served import ServedBook, ServedCheck
 
 _SHORT_SECONDS = SHORT_LIFETIME.total_seconds()
 
@@ -50,6 +52,13 @@ class Row(NamedTuple):
     backoff: Backoff | None  # its last orders failed: how often, why, and until when
     owed: tuple[str, ...]  # hosts its line's deploy still has to reach
     window: RenewalWindow | None  # the CA's renewal window (ARI) that planning trusts
+    # The last check of each verify endpoint of the stored certificate (store.served), in
+    # endpoint order; None: not checked (no endpoint, or not since it was stored).
+    served: tuple[tuple[str, ServedCheck], ...] | None = None
+
+    @property
+    def mismatched(self) -> list[tuple[str, ServedCheck]]:
+        return [(e, c) for e, c in self.served or () if not c.matched]
 
     @property
     def label(self) -> str:
@@ -105,17 +114,34 @@ def _trusted(window: RenewalWindow | None, now: float,
     return window
 
 
+def served_state(checks: Mapping[str, ServedCheck] | None, allowed: Collection[str] | None,
+                 not_after: float | None) -> tuple[tuple[str, ServedCheck], ...] | None:
+    """The checks that still speak of the stored certificate: of endpoints the config still
+    checks (``allowed``), made while it was the one stored (same notAfter)."""
+    if not checks or not allowed:
+        return None
+    kept = tuple((endpoint, check) for endpoint, check in sorted(checks.items())
+                 if endpoint in allowed and check.expected is not None
+                 and check.expected.not_after.timestamp() == not_after)
+    return kept or None
+
+
 def certificate_rows(settings: Settings, lines: tuple[CertLine, ...],
                      found: Mapping[Key, Found], names: Mapping[Key, str],
                      renewal: RenewalBook | None, backoff: BackoffBook | None,
-                     owed: Mapping[Names, tuple[str, ...]], now: float) -> list[Row]:
-    """A row per certificate; see the module docstring. (Written as one tight loop: status
-    runs it for 20,000 certificates and must stay as quick as a no-op cron run.)"""
+                     owed: Mapping[Names, tuple[str, ...]], now: float,
+                     served: ServedBook | None = None,
+                     served_keep: Mapping[str, Collection[str]] | None = None) -> list[Row]:
+    """A row per certificate; see the module docstring. ``served``: the record of verify
+    checks, ``served_keep`` the endpoints each certificate's sections check now
+    (``verify.checks.served_keep``). (Written as one tight loop: status runs it for 20,000
+    certificates and must stay as quick as a no-op cron run.)"""
     now_dt = datetime.fromtimestamp(now, UTC)
     rows: list[Row] = []
     append = rows.append
     entries = backoff.entries if backoff is not None else {}
     kept_rows = renewal is not None and len(renewal) > 0
+    served_entries = served.entries if served is not None and served_keep else None
     key_types = settings.key_types
     for line in lines:
         line_owed = owed.get(line.names, ()) if owed else ()
@@ -137,7 +163,13 @@ def certificate_rows(settings: Settings, lines: tuple[CertLine, ...],
                 assert renewal is not None
                 kept = renewal.state(name, cert.cert_id)
             due, at, why = next_renewal(settings, line, state, now_dt, kept, now, span)
+            checked = None
+            if served_entries:
+                assert served_keep is not None
+                checked = served_state(served_entries.get(name), served_keep.get(name),
+                                       span[1])
             append(Row(line, key_type, name, span[1], span[0], due, at, why, profile,
                        state.problem, entry, line_owed,
-                       _trusted(kept.window if kept is not None else None, now, span)))
+                       _trusted(kept.window if kept is not None else None, now, span),
+                       checked))
     return rows
