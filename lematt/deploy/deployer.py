@@ -18,7 +18,7 @@ fails keeps every one of its hosts owed, since any of their reloads may be the o
 not take - redeploying a host that was fine costs one upload and reload, while clearing the
 wrong one would leave the stale certificate served. A host whose own steps failed is owed
 anyway; its endpoints are checked when a later run's deploy to it succeeds. What each
-endpoint served is kept in ``<tree>/.served.json`` (``verify.record``, written once).
+endpoint served is kept in ``<tree>/.verify/served.json`` (``verify.record``, written once).
 Afterwards the pending file keeps, per line, exactly the hosts whose uploads,
 updates or checks did not all succeed; the next run retries those hosts - also when no
 certificate is due then - without ordering anything again. A host is cleared only when all

@@ -1,4 +1,4 @@
-"""What each endpoint served at its last check: ``<tree>/.served.json``.
+"""What each endpoint served at its last check: ``<tree>/.verify/served.json``.
 
 Contract: ``ServedBook.load(tree_root)`` reads the record once. Per certificate file name
 (the key ``store.backoff`` uses too) it keeps, per endpoint (its text as ``verify`` results
@@ -15,7 +15,10 @@ anything else is dropped (``served_keep(actions, lines, key_types, layout)`` say
 the config checks now). At most ``MAX_ENDPOINTS`` endpoints per certificate (the oldest go
 first), messages cut to ``MAX_MESSAGE``: the file stays bounded by the config. The callers
 (a run's deploy, ``lematt verify``) save once, after all their checks, and only when they
-checked something: a run with nothing to verify never writes it.
+checked something: a run with nothing to verify never writes it. The file lives in its own
+directory so that writing it does not change the tree's mtime (only creating the directory
+does, once): ``lematt verify`` run from cron does not end the quiet-run memo
+(``store.quiet``), which watches the tree.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from lematt.config import Actions
 from lematt.errors import StoreError, printable
 from lematt.model import CertLine, KeyType, Served, VerifyResult
 from lematt.store.atomic import write_atomic
-from lematt.store.layout import PUBLIC_MODE, Layout
+from lematt.store.layout import PUBLIC_DIR_MODE, PUBLIC_MODE, Layout
 
-FILE_NAME = ".served.json"
+DIR_NAME = ".verify"
+FILE_NAME = "served.json"
 SCHEMA = "lematt-served"
 VERSION = 1
 MAX_FILE_BYTES = 16 << 20
@@ -115,7 +119,7 @@ def check_of(result: VerifyResult, at: float) -> ServedCheck:
 
 
 class ServedBook:
-    """``<tree>/.served.json``: see the module docstring."""
+    """``<tree>/.verify/served.json``: see the module docstring."""
 
     def __init__(self, path: Path, entries: dict[str, dict[str, ServedCheck]] | None = None,
                  warning: str | None = None) -> None:
@@ -126,7 +130,9 @@ class ServedBook:
 
     @classmethod
     def load(cls, tree_root: Path) -> ServedBook:
-        path = tree_root / FILE_NAME
+        path = tree_root / DIR_NAME / FILE_NAME
+        if path.parent.is_symlink():
+            return cls(path, warning=f"{path.parent} is a symlink, not lematt's; ignored")
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -220,6 +226,11 @@ class ServedBook:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(self.path)
             else:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(self.path.parent, PUBLIC_DIR_MODE)
+                if self.path.parent.is_symlink() or not self.path.parent.is_dir():
+                    raise StoreError(f"cannot write {self.path}: {self.path.parent} is not "
+                                     "a directory of lematt's")
                 body = {"schema": SCHEMA, "version": VERSION, "certificates": {
                     name: {e: c.to_json() for e, c in endpoints.items()}
                     for name, endpoints in sorted(self.entries.items())}}

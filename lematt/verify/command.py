@@ -6,7 +6,7 @@ Contract: ``verify_stored(config, layout, reporter, names, json_path)`` checks e
 stored now; no lock (it only reads the tree). One line per check: a match with
 ``reporter.change``, anything else with ``reporter.failure``. Returns 0 when every check
 matched, 1 otherwise; with ``json_path`` also writes ``{"ok": ..., "verify": [...]}``.
-Every result is kept in ``<tree>/.served.json`` (``verify.record``), for ``lematt status``
+Every result is kept in ``<tree>/.verify/served.json`` (``verify.record``), for ``lematt status``
 and the metrics.
 """
 

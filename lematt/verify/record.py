@@ -1,7 +1,7 @@
 """Keep what the endpoints served (``store.served``) after a batch of checks.
 
 Contract: ``remember(config, layout, checks, results, at)`` records each check's result
-under its certificate and endpoint in ``<tree>/.served.json`` and writes the file once
+under its certificate and endpoint in ``<tree>/.verify/served.json`` and writes the file once
 (atomic), dropping certificates and endpoints the config no longer checks; returns the
 warnings for the user (a damaged record read as empty, a record that could not be written:
 the checks themselves still count). With no checks it reads and writes nothing.

@@ -385,7 +385,7 @@ def test_served_is_remembered_checked_once_for_two_hosts_and_shown(
     ssh_host = f"[127.0.0.2]:{host.port}"
     endpoint = f"https://{ADDRESS}:{HTTPS_PORT}"
     prom = tmp_path / "lematt.prom"
-    record = tmp_path / "test" / ".served.json"
+    record = tmp_path / "test" / ".verify" / "served.json"
     conf = make_conf(tmp_path, f"{name}\n", extra_conf={
         "verifyTimeout": VERIFY_TIMEOUT, "sshConfig": ssh_client_kit.ssh_config,
         "metricsFile": prom})

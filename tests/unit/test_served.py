@@ -1,4 +1,4 @@
-"""``<tree>/.served.json`` (lematt.store.served) and how status and the rows read it: round
+"""``<tree>/.verify/served.json`` (lematt.store.served) and how status and the rows read it: round
 trip, damage, bounds, what the config no longer checks, stale checks (no network)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from lematt.config import Settings, load
+from lematt.errors import StoreError
 from lematt.model import CertInfo, CertLine, Found, Served, VerifyResult
 from lematt.monitor.rows import certificate_rows
 from lematt.monitor.status import _table_lines, flags, served_text
@@ -41,14 +42,14 @@ def test_round_trip_and_save_once(tmp_path: Path) -> None:
     assert not check.matched and check.served is None and check.error == "cannot connect"
     assert again.entries["a.pem"][E1].served == EXPECTED
     # Unchanged: not written again (the file's inode and time stay).
-    before = os.stat(tmp_path / ".served.json")
+    before = os.stat(tmp_path / ".verify" / "served.json")
     again.save(keep)
-    after = os.stat(tmp_path / ".served.json")
+    after = os.stat(tmp_path / ".verify" / "served.json")
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
 
 
 def test_what_the_config_no_longer_checks_is_dropped(tmp_path: Path) -> None:
-    book = ServedBook(tmp_path / ".served.json")
+    book = ServedBook(tmp_path / ".verify" / "served.json")
     book.record("a.pem", E1, check_of(result(True), TS))
     book.record("a.pem", E2, check_of(result(True, E2), TS))
     book.record("gone.pem", E1, check_of(result(True), TS))
@@ -56,11 +57,12 @@ def test_what_the_config_no_longer_checks_is_dropped(tmp_path: Path) -> None:
     assert {n: set(e) for n, e in ServedBook.load(tmp_path).entries.items()} == {
         "a.pem": {E1}}
     book.save({})  # no section verifies any more: the file goes
-    assert not (tmp_path / ".served.json").exists()
+    assert not (tmp_path / ".verify" / "served.json").exists()
 
 
 def test_damage_is_a_warning_and_an_empty_or_smaller_book(tmp_path: Path) -> None:
-    path = tmp_path / ".served.json"
+    path = tmp_path / ".verify" / "served.json"
+    path.parent.mkdir()
     for text in ("{not json", '{"schema": "other"}', "[]",
                  '{"schema": "lematt-served", "version": 9, "certificates": {}}'):
         path.write_text(text)
@@ -85,7 +87,7 @@ def test_damage_is_a_warning_and_an_empty_or_smaller_book(tmp_path: Path) -> Non
 
 
 def test_endpoints_per_certificate_are_bounded(tmp_path: Path) -> None:
-    book = ServedBook(tmp_path / ".served.json")
+    book = ServedBook(tmp_path / ".verify" / "served.json")
     for i in range(served_mod.MAX_ENDPOINTS + 5):
         book.record("a.pem", f"tls://h{i}.example.net:993", check_of(result(True), TS + i))
     kept = book.entries["a.pem"]
@@ -141,3 +143,32 @@ def test_rows_flag_a_mismatch_and_ignore_stale_checks() -> None:
     rows = certificate_rows(s, lines, got, names, None, None, {}, TS, book,
                             {n: {E1} for n in names.values()})
     assert served_text(rows[1]) == "matches"
+
+
+def test_writing_it_again_leaves_the_tree_mtime_alone(tmp_path: Path) -> None:
+    """The quiet-run memo watches the tree's mtime: only the first write (which makes the
+    record's directory) may change it, so a `lematt verify` from cron does not end it."""
+    book = ServedBook.load(tmp_path)
+    book.record("a.pem", E1, check_of(result(True), TS))
+    book.save({"a.pem": {E1}})
+    before = os.stat(tmp_path).st_mtime_ns
+    again = ServedBook.load(tmp_path)
+    again.record("a.pem", E1, check_of(result(False), TS + 60))
+    again.save({"a.pem": {E1}})
+    assert not ServedBook.load(tmp_path).entries["a.pem"][E1].matched
+    assert os.stat(tmp_path).st_mtime_ns == before
+    # A symlinked directory is not lematt's: not read, not written through.
+    other = tmp_path / "other"
+    other.mkdir()
+    (tmp_path / "linked").mkdir()
+    (tmp_path / "linked" / ".verify").symlink_to(other)
+    book = ServedBook.load(tmp_path / "linked")
+    assert "symlink" in str(book.warning)
+    book.record("a.pem", E1, check_of(result(True), TS))
+    try:
+        book.save({"a.pem": {E1}})
+    except StoreError as exc:
+        assert "not a directory of lematt's" in str(exc)
+    else:
+        raise AssertionError("wrote through a symlinked directory")
+    assert list(other.iterdir()) == []
