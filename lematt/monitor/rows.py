@@ -115,14 +115,20 @@ def _trusted(window: RenewalWindow | None, now: float,
 
 
 def served_state(checks: Mapping[str, ServedCheck] | None, allowed: Collection[str] | None,
-                 not_after: float | None) -> tuple[tuple[str, ServedCheck], ...] | None:
+                 not_after: datetime) -> tuple[tuple[str, ServedCheck], ...] | None:
     """The checks that still speak of the stored certificate: of endpoints the config still
     checks (``allowed``), made while it was the one stored (same notAfter)."""
     if not checks or not allowed:
         return None
+    if len(checks) == 1:  # the usual case, and status runs this for every certificate
+        ((endpoint, check),) = checks.items()
+        expected = check.expected
+        if endpoint in allowed and expected is not None and expected.not_after == not_after:
+            return ((endpoint, check),)
+        return None
     kept = tuple((endpoint, check) for endpoint, check in sorted(checks.items())
                  if endpoint in allowed and check.expected is not None
-                 and check.expected.not_after.timestamp() == not_after)
+                 and check.expected.not_after == not_after)
     return kept or None
 
 
@@ -167,7 +173,7 @@ def certificate_rows(settings: Settings, lines: tuple[CertLine, ...],
             if served_entries:
                 assert served_keep is not None
                 checked = served_state(served_entries.get(name), served_keep.get(name),
-                                       span[1])
+                                       cert.not_after)
             append(Row(line, key_type, name, span[1], span[0], due, at, why, profile,
                        state.problem, entry, line_owed,
                        _trusted(kept.window if kept is not None else None, now, span),
