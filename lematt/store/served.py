@@ -35,7 +35,7 @@ from typing import NamedTuple
 from lematt.config import Actions
 from lematt.errors import StoreError, printable
 from lematt.model import CertLine, KeyType, Served, VerifyResult
-from lematt.store.atomic import write_atomic
+from lematt.store.atomic import TEMP_MARK, write_atomic
 from lematt.store.layout import PUBLIC_DIR_MODE, PUBLIC_MODE, Layout
 
 DIR_NAME = ".verify"
@@ -194,6 +194,16 @@ class ServedBook:
             book._changed = True
         return book
 
+    def _remove_leftovers(self) -> None:
+        """Temporary files of a write that a kill interrupted (the directory is lematt's
+        alone; nothing else in it is touched)."""
+        prefix = f".{self.path.name}{TEMP_MARK}"
+        with contextlib.suppress(OSError), os.scandir(self.path.parent) as entries:
+            for entry in entries:
+                if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
     def get(self, cert_name: str) -> dict[str, ServedCheck] | None:
         return self.entries.get(cert_name)
 
@@ -237,6 +247,7 @@ class ServedBook:
                 if self.path.parent.is_symlink() or not self.path.parent.is_dir():
                     raise StoreError(f"cannot write {self.path}: {self.path.parent} is not "
                                      "a directory of lematt's")
+                self._remove_leftovers()
                 body = {"schema": SCHEMA, "version": VERSION, "certificates": {
                     name: {e: c.to_json() for e, c in endpoints.items()}
                     for name, endpoints in sorted(self.entries.items())}}

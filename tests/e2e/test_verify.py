@@ -305,6 +305,13 @@ def test_kill_while_verifying_leaves_the_deploy_owed(
     assert third.returncode == 0, third.stderr
     assert "retrying the pending deploy to local" in third.stdout
     assert third.stdout.count("serves the stored certificate") == 2
+    # The record of what was served converges too: the kill left the first run's mismatch
+    # (written atomically, never half), the third run's matches replace it.
+    record = json.loads((tmp_path / "test" / ".verify" / "served.json").read_text())
+    checks = [c for endpoints in record["certificates"].values() for c in endpoints.values()]
+    assert len(checks) == 2 and all(c["matched"] for c in checks)
+    assert not [p for p in (tmp_path / "test" / ".verify").iterdir()
+                if p.name != "served.json"]
 
 
 def test_starttls_tls_and_hostile_endpoints(

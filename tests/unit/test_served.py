@@ -172,3 +172,18 @@ def test_writing_it_again_leaves_the_tree_mtime_alone(tmp_path: Path) -> None:
     else:
         raise AssertionError("wrote through a symlinked directory")
     assert list(other.iterdir()) == []
+
+
+def test_a_write_cut_short_leaves_no_temporary_file_behind_the_next(tmp_path: Path) -> None:
+    book = ServedBook.load(tmp_path)
+    book.record("a.pem", E1, check_of(result(True), TS))
+    book.save({"a.pem": {E1}})
+    directory = tmp_path / ".verify"
+    # What a SIGKILL between the temp file's write and its rename leaves.
+    (directory / ".served.json.lematt-tmp-0badcafe").write_text("{half")
+    (directory / "notes.txt").write_text("not ours to remove")
+    again = ServedBook.load(tmp_path)
+    assert again.warning is None and set(again.entries) == {"a.pem"}
+    again.record("a.pem", E1, check_of(result(False), TS + 1))
+    again.save({"a.pem": {E1}})
+    assert sorted(p.name for p in directory.iterdir()) == ["notes.txt", "served.json"]
