@@ -24,7 +24,6 @@ does, once): ``lematt verify`` run from cron does not end the quiet-run memo
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 from collections.abc import Collection, Mapping, Sequence
@@ -35,8 +34,14 @@ from typing import NamedTuple
 from lematt.config import Actions
 from lematt.errors import StoreError, printable
 from lematt.model import CertLine, KeyType, Served, VerifyResult
-from lematt.store.atomic import TEMP_MARK, write_atomic
-from lematt.store.layout import PUBLIC_DIR_MODE, PUBLIC_MODE, Layout
+from lematt.store.books import (
+    BookUnreadable,
+    ForeignBook,
+    certificates_of,
+    read_book,
+    write_book,
+)
+from lematt.store.layout import PUBLIC_DIR_MODE, Layout
 
 DIR_NAME = ".verify"
 FILE_NAME = "served.json"
@@ -140,37 +145,18 @@ class ServedBook:
         if path.parent.is_symlink():
             return cls(path, warning=f"{path.parent} is a symlink, not lematt's; ignored")
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return cls(path)
-        except OSError as exc:
-            return cls(path, warning=f"cannot read {path} ({exc.strerror or exc}); ignored")
-        try:
-            with os.fdopen(fd, "rb") as fh:
-                data = fh.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            return cls(path, warning=f"cannot read {path} ({exc.strerror or exc}); ignored")
-        return cls.parse(path, data)
+            data = read_book(path, MAX_FILE_BYTES)
+        except BookUnreadable as exc:
+            return cls(path, warning=f"cannot read {path} ({exc}); ignored")
+        return cls(path) if data is None else cls.parse(path, data)
 
     @classmethod
     def parse(cls, path: Path, data: bytes) -> ServedBook:
-        def foreign(why: str) -> ServedBook:
-            return cls(path, warning=f"{path} is not lematt's record of served certificates "
-                                     f"({why}); it is ignored and rewritten")
-
-        if len(data) > MAX_FILE_BYTES:
-            return foreign(f"larger than {MAX_FILE_BYTES >> 20} MiB")
         try:
-            raw = json.loads(data)
-        except (ValueError, RecursionError):
-            return foreign("not JSON")
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-            return foreign(f"no \"schema\": \"{SCHEMA}\"")
-        if raw.get("version") != VERSION:
-            return foreign(f"version {printable(str(raw.get('version')), 20)}, not {VERSION}")
-        certs = raw.get("certificates")
-        if not isinstance(certs, dict):
-            return foreign("no \"certificates\" object")
+            certs = certificates_of(data, SCHEMA, VERSION, MAX_FILE_BYTES)
+        except ForeignBook as exc:
+            return cls(path, warning=f"{path} is not lematt's record of served certificates "
+                                     f"({exc}); it is ignored and rewritten")
         entries: dict[str, dict[str, ServedCheck]] = {}
         damaged = 0
         for name, endpoints in certs.items():
@@ -193,16 +179,6 @@ class ServedBook:
                             "ignored (shown as not checked until the next check)")
             book._changed = True
         return book
-
-    def _remove_leftovers(self) -> None:
-        """Temporary files of a write that a kill interrupted (the directory is lematt's
-        alone; nothing else in it is touched)."""
-        prefix = f".{self.path.name}{TEMP_MARK}"
-        with contextlib.suppress(OSError), os.scandir(self.path.parent) as entries:
-            for entry in entries:
-                if entry.name.startswith(prefix) and entry.is_file(follow_symlinks=False):
-                    with contextlib.suppress(OSError):
-                        os.unlink(entry.path)
 
     def get(self, cert_name: str) -> dict[str, ServedCheck] | None:
         return self.entries.get(cert_name)
@@ -238,22 +214,17 @@ class ServedBook:
         if not self.prune(keep) and not self._changed:
             return
         try:
-            if not self.entries:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-            else:
+            if self.entries:
                 with contextlib.suppress(FileExistsError):
                     os.mkdir(self.path.parent, PUBLIC_DIR_MODE)
                 if self.path.parent.is_symlink() or not self.path.parent.is_dir():
                     raise StoreError(f"cannot write {self.path}: {self.path.parent} is not "
                                      "a directory of lematt's")
-                self._remove_leftovers()
-                body = {"schema": SCHEMA, "version": VERSION, "certificates": {
+            # One line: 20,000 certificates indented would be megabytes of blanks.
+            write_book(self.path, None if not self.entries else {
+                "schema": SCHEMA, "version": VERSION, "certificates": {
                     name: {e: c.to_json() for e, c in endpoints.items()}
-                    for name, endpoints in sorted(self.entries.items())}}
-                # One line: 20,000 certificates indented would be megabytes of blanks.
-                write_atomic(self.path, (json.dumps(body, separators=(",", ":")) + "\n"
-                                         ).encode(), PUBLIC_MODE)
+                    for name, endpoints in sorted(self.entries.items())}}, compact=True)
         except OSError as exc:
             raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         self._changed = False
