@@ -403,6 +403,8 @@ class RunResult:
     # None: not planned).
     certificates: Callable[[], list[CertRecord]] | None = None
     jobs: list[Job] | None = None
+    # What the verify endpoints served this run, per certificate (line number, key type).
+    served: dict[tuple[int, KeyType], list[VerifyResult]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -437,6 +439,10 @@ class RunResult:
                 entry["serial"] = serial_of(cert.cert_id)
                 entry["not_after"] = cert.not_after.isoformat()
             entry["paths"] = {"key": record.key_path, "cert": record.cert_path}
+            checked = self.served.get(key)
+            entry["served"] = None if checked is None else {
+                "matches": all(r.matched for r in checked),
+                "endpoints": [r.to_json() for r in checked]}
             entries.append(entry)
         # Outcomes of certificates the run did not record (none in a normal run).
         entries.extend(outcome_to_json(o) for o in outcomes.values())

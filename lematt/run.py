@@ -193,6 +193,7 @@ async def run(config: Config, options: Options, reporter: Reporter,
                 result.steps = report.steps
                 result.deploy_seconds = report.wall_seconds
                 result.host_seconds = report.host_seconds
+                result.served = report.served
     return result
 
 

@@ -18,7 +18,6 @@ one takes ``[default]``'s value.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lematt.config.endpoints import EXAMPLE as _VERIFY_EXAMPLE
@@ -35,6 +34,7 @@ from lematt.config.source import (
     read_yaml,
     to_bool,
     unknown_key,
+    value_list,
 )
 from lematt.config.types import Action, Actions, Section
 from lematt.errors import ConfigError
@@ -155,19 +155,7 @@ def _profile(path: Path, block: Block, values: dict[str, tuple[object, int]]) ->
 def _command_list(path: Path, section: str, key: str, value: object, line: int,
                   is_json: bool) -> tuple[Action, ...]:
     where = f"{key} in [{section}]"
-    if is_unset(value):
-        return ()
-    if is_json:
-        try:
-            value = json.loads(str(value))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); write a JSON list "
-                f"of strings such as {_LIST_EXAMPLE}",
-                path=path, line=line + exc.lineno - 1) from None
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list of command strings such as "
-                          f"{_LIST_EXAMPLE}, not {value!r}", path=path, line=line)
+    value = value_list(path, where, value, line, is_json, "command strings", _LIST_EXAMPLE)
     actions: list[Action] = []
     for item in value:
         if isinstance(item, Block | dict):
@@ -183,19 +171,7 @@ def _command_list(path: Path, section: str, key: str, value: object, line: int,
 def _verify_list(path: Path, section: str, value: object, line: int,
                  is_json: bool) -> tuple[Endpoint, ...]:
     where = f"verify in [{section}]"
-    if is_unset(value):
-        return ()
-    if is_json:
-        try:
-            value = json.loads(str(value))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(
-                f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); write a JSON list "
-                f"of endpoints such as [{_VERIFY_EXAMPLE}]",
-                path=path, line=line + exc.lineno - 1) from None
-    if not isinstance(value, list):
-        raise ConfigError(f"{where}: expected a list of endpoints such as "
-                          f"[{_VERIFY_EXAMPLE}], not {value!r}", path=path, line=line)
+    value = value_list(path, where, value, line, is_json, "endpoints", f"[{_VERIFY_EXAMPLE}]")
     endpoints: list[Endpoint] = []
     for item in value:
         at = line

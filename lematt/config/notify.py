@@ -8,11 +8,10 @@ raises ``ConfigError`` naming file:line and what is allowed.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from lematt.config.remote import parse_structured
-from lematt.config.source import Block, is_unset
+from lematt.config.source import Block, value_list
 from lematt.config.types import SshRun
 from lematt.errors import ConfigError
 
@@ -21,18 +20,7 @@ _EXAMPLE = '["curl -fsS -m 10 --data-binary @- https://hc-ping.com/UUID/fail"]'
 
 def parse_notify(path: Path, value: object, line: int, is_json: bool
                  ) -> tuple[str | SshRun, ...]:
-    if is_unset(value):
-        return ()
-    if is_json:
-        try:
-            value = json.loads(str(value))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"notify: not valid JSON ({exc.msg}, column {exc.colno}); write "
-                              f"a JSON list such as {_EXAMPLE}",
-                              path=path, line=line + exc.lineno - 1) from None
-    if not isinstance(value, list):
-        raise ConfigError(f"notify: expected a list of commands such as {_EXAMPLE}, not "
-                          f"{value!r}", path=path, line=line)
+    value = value_list(path, "notify", value, line, is_json, "commands", _EXAMPLE)
     commands: list[str | SshRun] = []
     for item in value:
         if isinstance(item, Block | dict):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -329,3 +330,24 @@ def to_bool(value: object) -> bool:
 def is_unset(value: object) -> bool:
     """An empty value (``key:`` with nothing after it, or YAML null) means "use the default"."""
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def value_list(path: Path, where: str, value: object, line: int, is_json: bool,
+               kind: str, example: str) -> list[object]:
+    """A list-valued key: empty when unset; an INI value is JSON text (``is_json``), a
+    YAML value the list itself. Anything else is a ``ConfigError`` at ``path:line`` naming
+    ``where`` and showing ``example`` (a list of ``kind``)."""
+    if is_unset(value):
+        return []
+    if is_json:
+        try:
+            value = json.loads(str(value))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{where}: not valid JSON ({exc.msg}, column {exc.colno}); write a JSON list "
+                f"of {kind} such as {example}",
+                path=path, line=line + exc.lineno - 1) from None
+    if not isinstance(value, list):
+        raise ConfigError(f"{where}: expected a list of {kind} such as {example}, not "
+                          f"{value!r}", path=path, line=line)
+    return value

@@ -8,10 +8,18 @@ hosts its actions name now (``deploy.plan.hosts_for``); ``renewed`` only decides
 are announced as retries. Hosts run concurrently (at most ``parallelHosts``), each host's
 steps in order (``deploy.hosts.run_host``; its SFTP uploads staged together and renamed in
 one final batch). SSH steps use the run's ``pool`` (the run opens it whenever a deploy may
-need it). Once a host's steps all succeeded, the ``verify`` endpoints of the sections it
-updates are checked for the lines it deployed (``lematt.verify``): each check is a "verify"
-step, and an endpoint that does not serve the stored certificate fails the host like a
-failed update. Afterwards the pending file keeps, per line, exactly the hosts whose uploads,
+need it). When every host has finished, the ``verify`` endpoints are checked
+(``lematt.verify``), each (endpoint, certificate, key type) once per run: it belongs to the
+hosts whose steps all succeeded and that run the updates (else the uploads) of a section
+listing the endpoint, for a line deployed to them. A section reloaded on several hosts (one
+name behind a load balancer, say) is thus checked once, after the last of them. Each check
+is one "verify" step under the first of its hosts (its text names the others); a check that
+fails keeps every one of its hosts owed, since any of their reloads may be the one that did
+not take - redeploying a host that was fine costs one upload and reload, while clearing the
+wrong one would leave the stale certificate served. A host whose own steps failed is owed
+anyway; its endpoints are checked when a later run's deploy to it succeeds. What each
+endpoint served is kept in ``<tree>/.verify/served.json`` (``verify.record``, written once).
+Afterwards the pending file keeps, per line, exactly the hosts whose uploads,
 updates or checks did not all succeed; the next run retries those hosts - also when no
 certificate is due then - without ordering anything again. A host is cleared only when all
 its steps succeeded; a debt to a host or line the config no longer has is dropped. Local
@@ -24,7 +32,8 @@ what ``run`` would do, without doing it.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -37,7 +46,7 @@ from lematt.deploy.plan import LOCAL, Step, deploy_plan, hosts_for
 from lematt.errors import ConfigError, RemoteError
 from lematt.execution import CommandResult
 from lematt.execution.local import LocalRunner
-from lematt.model import CertLine, Failure, FailureKind, StepOutcome
+from lematt.model import CertLine, Failure, FailureKind, KeyType, StepOutcome, VerifyResult
 from lematt.report import Reporter
 from lematt.store.pending import Names, Owed
 from lematt.store.tree import Store
@@ -45,6 +54,7 @@ from lematt.store.tree import Store
 if TYPE_CHECKING:
     from lematt.execution.ssh import SshPool
     from lematt.execution.ssh_config import SshDestination
+    from lematt.verify.checks import Target
 
 LOCAL_COMMAND_TIMEOUT = 600.0  # rsync of many files takes a while; a hung one must still end
 Targets = dict[Names, frozenset[str]]  # owed line -> the hosts its deploy goes to now
@@ -56,6 +66,8 @@ class DeployReport:
     # Seconds each host's queue took, and the whole deploy: for --json and benchmarks.
     host_seconds: dict[str, float] = field(default_factory=dict)
     wall_seconds: float = 0.0
+    # Per certificate (line number, key type): what its verify endpoints served.
+    served: dict[tuple[int, KeyType], list[VerifyResult]] = field(default_factory=dict)
 
 
 class Deployer:
@@ -208,8 +220,6 @@ class Deployer:
             async with limiter:
                 begun = anyio.current_time()
                 results[host] = await run_host(execute, steps, upload_together)
-                if all(h.ok for h in results[host]):
-                    results[host] += await self._verify(host, self._host_lines.get(host, []))
                 report.host_seconds[host] = anyio.current_time() - begun
                 live.host_done(host, all(h.ok for h in results[host]))
 
@@ -217,9 +227,12 @@ class Deployer:
         async with anyio.create_task_group() as tg:
             for host, steps in plans.items():
                 tg.start_soon(host_task, host, steps)
+        # Every host has finished: each endpoint is checked once, for all the hosts whose
+        # reloads should have made it serve the new certificate (see _verify).
+        unverified = await self._verify(plans, results, report)
         report.wall_seconds = anyio.current_time() - started
         live.deploy_end()
-        report.steps = self._finish(plans, results, targets)
+        report.steps = self._finish(plans, results, targets, unverified)
         return report
 
     # -- verifying ------------------------------------------------------------------------
@@ -231,24 +244,58 @@ class Deployer:
         return {self._resolve(e.ssh) if isinstance(e, SshRun | SshUpload) else LOCAL
                 for e in entries}
 
-    async def _verify(self, host: str, lines: Sequence[CertLine]) -> list[HostStep]:
+    async def _verify(self, plans: dict[str, list[Step]],
+                      results: dict[str, list[HostStep]], report: DeployReport) -> set[str]:
+        """Check the ``verify`` endpoints once for everything the successful hosts deployed;
+        add each check as a "verify" step of the first of its hosts, record what was served
+        (``verify.record``) and return the hosts a failed check keeps owed."""
         if not any(s.verify for s in self.config.actions.all_sections()):
-            return []
-        from lematt.verify.checks import checks_for, run_checks
+            return set()
+        from lematt.verify.checks import check, run_checks, targets
+        from lematt.verify.record import remember
 
-        checks = checks_for(self.config.actions, lines, self.config.settings.key_types,
-                            self.store.layout, lambda s: host in self._section_hosts(s))
-        steps = []
-        for check, result in zip(checks, await run_checks(
-                checks, self.config.settings.verify_timeout), strict=True):
-            failure = None if result.matched else Failure(FailureKind.DEPLOY,
-                                                          result.describe())
-            steps.append(HostStep(Step("verify", check.section, host, result.describe()),
-                                  None, failure, result))
-        return steps
+        settings = self.config.settings
+        section_hosts: dict[str, set[str]] = {}
+
+        def updates_on(host: str) -> Callable[[Section], bool]:
+            def wanted(section: Section) -> bool:
+                hosts = section_hosts.get(section.name)
+                if hosts is None:
+                    hosts = section_hosts[section.name] = self._section_hosts(section)
+                return host in hosts
+            return wanted
+
+        # (endpoint, name, key type, certificate) -> its target and the hosts it checks.
+        found: dict[tuple[object, ...], tuple[Target, list[str]]] = {}
+        for host in plans:
+            if not results.get(host) or not all(h.ok for h in results[host]):
+                continue  # a failed host stays owed anyway; its endpoints wait for it
+            for target in targets(self.config.actions, self._host_lines.get(host, []),
+                                  settings.key_types, self.store.layout, updates_on(host)):
+                found.setdefault(target.key, (target, []))[1].append(host)
+        if not found:
+            return set()
+        checks = [check(target) for target, _ in found.values()]
+        verified = await run_checks(checks, settings.verify_timeout)
+        for warning in remember(self.config, self.store.layout, checks, verified,
+                                time.time()):
+            self.reporter.warn(warning)
+        unverified: set[str] = set()
+        for (target, hosts), result in zip(found.values(), verified, strict=True):
+            what = result.describe()
+            if len(hosts) > 1:
+                what += f" (checked once for {', '.join(hosts)})"
+            failure = None
+            if not result.matched:
+                failure = Failure(FailureKind.DEPLOY, what)
+                unverified.update(hosts)
+            results[hosts[0]].append(HostStep(Step("verify", target.section, hosts[0], what),
+                                              None, failure, result))
+            report.served.setdefault((target.line.lineno, target.key_type), []).append(result)
+        return unverified
 
     def _finish(self, plans: dict[str, list[Step]], results: dict[str, list[HostStep]],
-                targets: Targets) -> list[StepOutcome]:
+                targets: Targets, unverified: Collection[str] = ()) -> list[StepOutcome]:
         outcomes: list[StepOutcome] = []
         failed: set[str] = set()
         for host in plans:
@@ -262,8 +309,9 @@ class Deployer:
                 else:
                     self.reporter.failure(f"[{h.step.section}] {h.step.kind}{where}: "
                                           f"{h.failure}")
-            # A host is cleared only when every upload and update on it succeeded.
-            if not host_steps or not all(h.ok for h in host_steps):
+            # A host is cleared only when every upload and update on it succeeded, and every
+            # endpoint its reloads should have fixed serves the stored certificate.
+            if not host_steps or not all(h.ok for h in host_steps) or host in unverified:
                 failed.add(host)
                 self.reporter.failure(f"deploy to {host} is pending; the next run retries it")
         self.store.pending.settle(self._pending, {

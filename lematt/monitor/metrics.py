@@ -14,7 +14,9 @@ otherwise read the previous run's figures as this one's. Commands write no metri
 Metrics (README "Status and monitoring"), per certificate (labels ``line``, ``name`` = the
 line's first name, ``key_type``): ``lematt_certificate_not_after_timestamp_seconds`` (only
 for a readable certificate), ``lematt_certificate_renewal_due_timestamp_seconds`` (the run's
-time when it is due), ``lematt_certificate_failures`` (failed orders in a row); per run:
+time when it is due), ``lematt_certificate_failures`` (failed orders in a row),
+``lematt_certificate_served_matches`` (label ``endpoint`` too: the last verify check of each
+endpoint, from ``store.served``; only for checks of the certificate stored now); per run:
 ``lematt_last_run_timestamp_seconds``, ``lematt_last_run_success`` (1/0),
 ``lematt_run_duration_seconds``, ``lematt_orders_total{result="renewed|failed|held"}`` (this
 run's orders; ``held``: due but still in back-off) and ``lematt_deploys_owed{host}`` (lines
@@ -42,6 +44,7 @@ from lematt.report import Reporter
 from lematt.store.backoff import BackoffBook
 from lematt.store.inventory import scan
 from lematt.store.renewal import RenewalBook
+from lematt.store.served import ServedBook, served_keep
 from lematt.store.tree import Store
 
 if TYPE_CHECKING:
@@ -120,8 +123,11 @@ def _write(path: Path, config: Config, store: Store, seen: RunSeen, figures: Run
         owed = owed_by_host(owed_lines)
         renewal = seen.renewal if seen.renewal is not None else RenewalBook(store.root)
         backoff = seen.backoff if seen.backoff is not None else BackoffBook.load(store.root)
+        served = ServedBook.load(store.root)
+        keep = (served_keep(config.actions, config.lines, config.settings.key_types,
+                            store.layout) if served.entries else None)
         rows = certificate_rows(config.settings, config.lines, found, names, renewal, backoff,
-                                owed_lines, figures.finished)
+                                owed_lines, figures.finished, served, keep)
     except LemattError as exc:
         reporter.warn(f"metricsFile {path}: certificate figures left out: {exc}")
     try:
@@ -146,8 +152,14 @@ def _export(path: Path, rows: list[Row], figures: RunFigures, owed: Mapping[str,
         "lematt_certificate_failures",
         "orders of the certificate that failed in a row (0: the last one succeeded)",
         labels=labels)
+    matches = GaugeMetricFamily(
+        "lematt_certificate_served_matches",
+        "1 if the endpoint served the stored certificate at its last verify check, "
+        "0 if it served another one or none", labels=[*labels, "endpoint"])
     for row in rows:
         values = [str(row.line.lineno), row.line.primary, row.key_type]
+        for endpoint, check in row.served or ():
+            matches.add_metric([*values, endpoint], 1 if check.matched else 0)
         if row.not_after is not None:
             not_after.add_metric(values, row.not_after)
         due.add_metric(values, row.renew_at)
@@ -163,7 +175,7 @@ def _export(path: Path, rows: list[Row], figures: RunFigures, owed: Mapping[str,
     for host, count in sorted(owed.items()):
         deploys.add_metric([host], count)
     families = [
-        not_after, due, failures,
+        not_after, due, failures, matches,
         GaugeMetricFamily("lematt_last_run_timestamp_seconds",
                           "when the last run ended (seconds since the epoch)",
                           value=figures.finished),

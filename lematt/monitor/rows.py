@@ -5,7 +5,8 @@ Contract: ``certificate_rows(settings, lines, found, names, renewal, backoff, ow
 returns a ``Row`` per certificate in domains order (key types in ``keyTypes`` order) from
 what the local tree holds: the inventory scan (``found``, ``names``), the kept renewal
 state (``store.renewal.RenewalBook``: the CA's renewal window, profile, revocation), the
-back-off book and the owed deploys (``monitor.owed``). Pure: no I/O.
+back-off book, the owed deploys (``monitor.owed``) and what the verify endpoints served at
+their last check (``store.served``). Pure: no I/O.
 
 ``next_renewal`` says when the next run will renew a certificate and by which rule. It
 asks ``lematt.plan`` alone: when ``plan.due_reason`` says the certificate is due, it is due
@@ -18,7 +19,7 @@ the CA's renewal window (rule 5), or a third (half) of the lifetime left (rule 6
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import NamedTuple
 
@@ -28,6 +29,7 @@ from lematt.monitor.owed import Names
 from lematt.plan import due_reason, due_rule
 from lematt.store.backoff import Backoff, BackoffBook
 from lematt.store.renewal import RenewalBook
+from lematt.store.served import ServedBook, ServedCheck
 
 # plan.due_at's promise: more than this before its moment, due_reason names no reason.
 _ROUNDING = 2.0
@@ -51,6 +53,13 @@ class Row(NamedTuple):
     backoff: Backoff | None  # its last orders failed: how often, why, and until when
     owed: tuple[str, ...]  # hosts its line's deploy still has to reach
     window: RenewalWindow | None  # the CA's renewal window (ARI) that planning trusts
+    # The last check of each verify endpoint of the stored certificate (store.served), in
+    # endpoint order; None: not checked (no endpoint, or not since it was stored).
+    served: tuple[tuple[str, ServedCheck], ...] | None = None
+
+    @property
+    def mismatched(self) -> list[tuple[str, ServedCheck]]:
+        return [(e, c) for e, c in self.served or () if not c.matched]
 
     @property
     def label(self) -> str:
@@ -74,17 +83,40 @@ def next_renewal(settings: Settings, line: CertLine, found: Found, now: datetime
     return False, moment, rule  # within a second or two of the moment
 
 
+def served_state(checks: Mapping[str, ServedCheck] | None, allowed: Collection[str] | None,
+                 not_after: datetime) -> tuple[tuple[str, ServedCheck], ...] | None:
+    """The checks that still speak of the stored certificate: of endpoints the config still
+    checks (``allowed``), made while it was the one stored (same notAfter)."""
+    if not checks or not allowed:
+        return None
+    if len(checks) == 1:  # the usual case, and status runs this for every certificate
+        ((endpoint, check),) = checks.items()
+        expected = check.expected
+        if endpoint in allowed and expected is not None and expected.not_after == not_after:
+            return ((endpoint, check),)
+        return None
+    kept = tuple((endpoint, check) for endpoint, check in sorted(checks.items())
+                 if endpoint in allowed and check.expected is not None
+                 and check.expected.not_after == not_after)
+    return kept or None
+
+
 def certificate_rows(settings: Settings, lines: tuple[CertLine, ...],
                      found: Mapping[Key, Found], names: Mapping[Key, str],
                      renewal: RenewalBook | None, backoff: BackoffBook | None,
-                     owed: Mapping[Names, tuple[str, ...]], now: float) -> list[Row]:
-    """A row per certificate; see the module docstring. (Written as one tight loop, the
-    kept states decoded in one pass and ``next_renewal`` inlined: status runs it for 20,000
-    certificates and must stay as quick as a no-op run.)"""
+                     owed: Mapping[Names, tuple[str, ...]], now: float,
+                     served: ServedBook | None = None,
+                     served_keep: Mapping[str, Collection[str]] | None = None) -> list[Row]:
+    """A row per certificate; see the module docstring. ``served``: the record of verify
+    checks, ``served_keep`` the endpoints each certificate's sections check now
+    (``verify.checks.served_keep``). (Written as one tight loop, the kept states decoded in
+    one pass and ``next_renewal`` inlined: status runs it for 20,000 certificates and must
+    stay as quick as a no-op run.)"""
     now_dt = datetime.fromtimestamp(now, UTC)
     rows: list[Row] = []
     append = rows.append
     entries = backoff.entries if backoff is not None else {}
+    served_entries = served.entries if served is not None and served_keep else None
     key_types = settings.key_types
     get_kept = (renewal.all_states() if renewal is not None else {}).get
     soon = now + _ROUNDING
@@ -118,6 +150,11 @@ def certificate_rows(settings: Settings, lines: tuple[CertLine, ...],
             window = kept.window if kept is not None else None
             if window is not None and window.chosen >= not_after:
                 window = None
+            checked = None
+            if served_entries:
+                assert served_keep is not None
+                checked = served_state(served_entries.get(name), served_keep.get(name),
+                                       cert.not_after)
             append(Row(line, key_type, name, not_after, not_before, due, at, why, profile,
-                       state.problem, entry, line_owed, window))
+                       state.problem, entry, line_owed, window, checked))
     return rows

@@ -1,12 +1,13 @@
 """``lematt status``: the state of every certificate, from the local tree alone.
 
 Contract: ``status(config, store, now, warn_days, as_json, out)`` reads the tree read-only -
-the inventory scan without writing its index, the kept renewal state, the back-off book and
-the owed deploys (``monitor.owed``) - takes no lock (it runs fine beside a run), asks no CA
+the inventory scan without writing its index, the kept renewal state, the back-off book,
+the owed deploys (``monitor.owed``) and the last verify checks (``store.served``) - takes no
+lock (it runs fine beside a run), asks no CA
 and no host, prints one row per certificate (``monitor.rows``) and returns the exit status:
 
 * 0: every certificate is stored, none expires within ``warn_days`` days, none failed its
-  last order, no deploy is owed;
+  last order, no deploy is owed, no verify endpoint failed its last check;
 * 1: anything else needs attention (a Nagios/Icinga check's WARNING), including a tree that
   does not exist yet (every certificate "missing") and an unreadable record of owed deploys.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from lematt.config import Config
@@ -29,6 +31,7 @@ from lematt.monitor.rows import Row, certificate_rows
 from lematt.store.backoff import BackoffBook
 from lematt.store.inventory import scan
 from lematt.store.renewal import RenewalBook
+from lematt.store.served import ServedBook, ServedCheck, served_keep
 from lematt.store.tree import Store
 
 SCHEMA = "lematt-status"
@@ -36,7 +39,7 @@ VERSION = 1
 DEFAULT_WARN_DAYS = 14.0
 # The flags that make the exit status 1 ("due" alone does not: the next run renews it).
 ATTENTION = frozenset({"missing", "unreadable", "broken", "expired", "expiring", "failed",
-                       "owed"})
+                       "owed", "mismatch"})
 
 
 def _utc(timestamp: float) -> str:
@@ -69,7 +72,8 @@ _QUOTED_SECONDS = tuple(f'{second:02d}Z"' for second in range(60))
 def flags(row: Row, now: float, warn_days: float) -> tuple[str, ...]:
     """What is notable about a certificate: missing, unreadable, broken (the key is missing
     or does not match), expired, expiring (within ``warn_days``), due (the next run renews
-    it), failed (its last order failed), owed (a deploy of it is owed); else ok."""
+    it), failed (its last order failed), owed (a deploy of it is owed), mismatch (a verify
+    endpoint did not serve it at its last check); else ok."""
     found: list[str] = []
     if row.not_after is None:
         found.append("missing" if row.problem in (None, "missing") else "unreadable")
@@ -86,6 +90,8 @@ def flags(row: Row, now: float, warn_days: float) -> tuple[str, ...]:
         found.append("failed")
     if row.owed:
         found.append("owed")
+    if row.served is not None and not all(c.matched for _, c in row.served):
+        found.append("mismatch")
     return tuple(found) if found else _OK
 
 
@@ -108,8 +114,13 @@ def gather(config: Config, store: Store, now: float) -> tuple[list[Row], list[st
     except StoreError as exc:
         warnings.append(f"owed deploys unknown: {exc}")
         owed = {}
+    served = ServedBook.load(store.root)
+    if served.warning:
+        warnings.append(served.warning)
+    keep = (served_keep(config.actions, config.lines, settings.key_types, store.layout)
+            if served.entries else None)
     rows = certificate_rows(settings, config.lines, found, names, RenewalBook(store.root),
-                            backoff, owed, now)
+                            backoff, owed, now, served, keep)
     return rows, warnings
 
 
@@ -129,6 +140,26 @@ def status(config: Config, store: Store, now: float, warn_days: float, as_json: 
         out.write(_text(rows, all_flags, warnings, now, warn_days, mode, store, tree_exists,
                         attention))
     return status_code
+
+
+def _served_json(endpoint: str, check: ServedCheck,
+                 iso: Callable[[float | None], str | None]) -> dict[str, object]:
+    return {"endpoint": endpoint, "checked_at": iso(check.at), "name": check.name,
+            "matched": check.matched,
+            "expected": check.expected.to_json() if check.expected else None,
+            "served": check.served.to_json() if check.served else None,
+            "error": check.error}
+
+
+def served_text(row: Row) -> str:
+    """The SERVED column: ``-`` (not checked), ``matches``, or ``MISMATCH at ENDPOINT``."""
+    if row.served is None:
+        return "-"
+    bad = row.mismatched
+    if not bad:
+        return "matches"
+    more = f" (+{len(bad) - 1})" if len(bad) > 1 else ""
+    return f"MISMATCH at {bad[0][0]}{more}"
 
 
 def _document(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list[str],
@@ -157,6 +188,9 @@ def _document(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list[
                 "kind": entry.kind, "message": entry.message,
                 "next_attempt_at": iso(entry.until)},
             "owed_hosts": list(row.owed),
+            "served": None if row.served is None else {
+                "matches": all(c.matched for _, c in row.served),
+                "endpoints": [_served_json(e, c, iso) for e, c in row.served]},
         })
     owed = _owed_by_host(rows)
     return {
@@ -235,7 +269,11 @@ def _json_text(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list
                    "failures": entry.failures, "last_failure_at": _iso(entry.last),
                    "kind": entry.kind, "message": entry.message,
                    "next_attempt_at": _iso(entry.until)}))
-               + f', "owed_hosts": {owed_hosts}}}')
+               + f', "owed_hosts": {owed_hosts}, "served": '
+               + ("null" if row.served is None else dumps({
+                   "matches": all(c.matched for _, c in row.served),
+                   "endpoints": [_served_json(e, c, _iso) for e, c in row.served]}))
+               + "}")
     return (f'{{"schema": {enc(SCHEMA)}, "version": {VERSION}, "generated_at": {iso(now)}, '
             f'"mode": {enc(mode)}, "tree": {enc(str(store.root))}, "tree_exists": '
             f'{dumps(tree_exists)}, "warn_days": {dumps(warn_days)}, "exit_status": '
@@ -289,14 +327,17 @@ def _table_lines(rows: list[Row], all_flags: list[tuple[str, ...]], now: float) 
         left_width = max(left_width, len(_days(low, now, days)), len(_days(high, now, days)))
         if (low - now) / 86400 < 10 and (high - now) / 86400 > -10:
             left_width = max(left_width, 7)  # "-9.9 d" and the like
+    # Rows without a verify check share one text: only checked rows are formatted.
+    served = [served_text(row) if row.served is not None else "-" for row in rows]
     widths = [max([4, *(len(str(line.lineno)) for line in lines)]),
               max([11, *(len(shown) for _, shown in shown_of.values())]), 3, 16, left_width,
               18, max([7, *(len(line.profile or "-") for line in lines)]),
-              max([5, *(len(text) for text in stated.values())])]
+              max([5, *(len(text) for text in stated.values())]),
+              max([6, *(len(text) for text in set(served))])]
     fmt = "  ".join([*(f"{{:{'>' if i in (0, 4) else '<'}{w}}}"
                        for i, w in enumerate(widths)), "{}"]).format
     out = [fmt("LINE", "CERTIFICATE", "KEY", "NOT AFTER (UTC)", "LEFT", "NEXT RENEWAL (UTC)",
-               "PROFILE", "STATE", "WHY")]
+               "PROFILE", "STATE", "SERVED", "WHY")]
     append = out.append
     minutes: dict[int, str] = {}
     get_minute = minutes.get
@@ -311,7 +352,7 @@ def _table_lines(rows: list[Row], all_flags: list[tuple[str, ...]], now: float) 
     kinds = {"rsa": "RSA", "ec": "EC"}
     line = None
     lineno = shown = profile = ""
-    for row, row_flags in zip(rows, all_flags, strict=True):
+    for row, row_flags, row_served in zip(rows, all_flags, served, strict=True):
         if row.line is not line:  # a line's certificates come one after the other
             line = row.line
             lineno, shown = str(line.lineno), shown_of[id(line)][1]
@@ -324,7 +365,8 @@ def _table_lines(rows: list[Row], all_flags: list[tuple[str, ...]], now: float) 
             renew = utc(row.renew_at)
         append(fmt(lineno, shown, kinds[row.key_type],
                    utc(not_after) if not_after is not None else "-",
-                   _days(not_after, now, days), renew, profile, stated[row_flags], row.why))
+                   _days(not_after, now, days), renew, profile, stated[row_flags], row_served,
+                   row.why))
     return out
 
 
@@ -335,7 +377,8 @@ def _text(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list[str]
     for row_flags in all_flags:
         for flag in row_flags:
             counts[flag] = counts.get(flag, 0) + 1
-    order = ("missing", "unreadable", "broken", "expired", "expiring", "failed", "owed", "due")
+    order = ("missing", "unreadable", "broken", "expired", "expiring", "failed", "owed",
+             "mismatch", "due")
     listed = ", ".join(f"{counts[f]} {f}" for f in order if f in counts)
     head = f"lematt status ({mode} tree): {len(rows)} certificates, "
     if not tree_exists:
@@ -359,6 +402,12 @@ def _text(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list[str]
                          f"{_utc(entry.last)} UTC: {entry.message}; next attempt {retry}"
                          f"{' UTC' if entry.until > now else ''} (lematt --only "
                          f"{row.line.primary} --force orders it now)")
+    for row in rows:
+        for endpoint, check in row.mismatched:
+            shown = (f"serves {check.served}" if check.served is not None else check.error)
+            notes.append(f"{row.label}, line {row.line.lineno}: {endpoint} did not serve the "
+                         f"stored certificate at {_utc(check.at)} UTC: expected "
+                         f"{check.expected}; {shown}")
     owed: dict[str, list[str]] = {}
     for row in rows:
         for host in row.owed:

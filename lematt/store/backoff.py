@@ -25,10 +25,7 @@ passes ``ignore_backoff=True``). Nothing here talks to the CA.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -36,8 +33,13 @@ from typing import NamedTuple
 
 from lematt.errors import StoreError, printable
 from lematt.model import Failure, Job, KeyType
-from lematt.store.atomic import write_atomic
-from lematt.store.layout import PUBLIC_MODE
+from lematt.store.books import (
+    BookUnreadable,
+    ForeignBook,
+    certificates_of,
+    read_book,
+    write_book,
+)
 
 FILE_NAME = ".backoff.json"
 SCHEMA = "lematt-backoff"
@@ -116,38 +118,18 @@ class BackoffBook:
     def load(cls, tree_root: Path) -> BackoffBook:
         path = tree_root / FILE_NAME
         try:
-            # Not following a symlink: the file is ours, written by rename, never a link.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return cls(path)
-        except OSError as exc:
-            return cls(path, warning=f"cannot read {path} ({exc.strerror or exc}); ignored")
-        try:
-            with os.fdopen(fd, "rb") as fh:
-                data = fh.read(MAX_FILE_BYTES + 1)
-        except OSError as exc:
-            return cls(path, warning=f"cannot read {path} ({exc.strerror or exc}); ignored")
-        return cls.parse(path, data)
+            data = read_book(path, MAX_FILE_BYTES)
+        except BookUnreadable as exc:
+            return cls(path, warning=f"cannot read {path} ({exc}); ignored")
+        return cls(path) if data is None else cls.parse(path, data)
 
     @classmethod
     def parse(cls, path: Path, data: bytes) -> BackoffBook:
-        def foreign(why: str) -> BackoffBook:
-            return cls(path, warning=f"{path} is not lematt's back-off file ({why}); it is "
-                                     "ignored and rewritten")
-
-        if len(data) > MAX_FILE_BYTES:
-            return foreign(f"larger than {MAX_FILE_BYTES >> 20} MiB")
         try:
-            raw = json.loads(data)
-        except (ValueError, RecursionError):
-            return foreign("not JSON")
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA:
-            return foreign(f"no \"schema\": \"{SCHEMA}\"")
-        if raw.get("version") != VERSION:
-            return foreign(f"version {printable(str(raw.get('version')), 20)}, not {VERSION}")
-        certs = raw.get("certificates")
-        if not isinstance(certs, dict):
-            return foreign("no \"certificates\" object")
+            certs = certificates_of(data, SCHEMA, VERSION, MAX_FILE_BYTES)
+        except ForeignBook as exc:
+            return cls(path, warning=f"{path} is not lematt's back-off file ({exc}); it is "
+                                     "ignored and rewritten")
         entries: dict[str, Backoff] = {}
         damaged = 0
         for name, value in certs.items():
@@ -190,16 +172,11 @@ class BackoffBook:
             del self.entries[name]
         if not self._changed and not stale:
             return
+        body = None if not self.entries else {
+            "schema": SCHEMA, "version": VERSION,
+            "certificates": {name: e.to_json() for name, e in sorted(self.entries.items())}}
         try:
-            if not self.entries:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path)
-            else:
-                body = {"schema": SCHEMA, "version": VERSION,
-                        "certificates": {name: e.to_json()
-                                         for name, e in sorted(self.entries.items())}}
-                write_atomic(self.path, (json.dumps(body, indent=1) + "\n").encode(),
-                             PUBLIC_MODE)
+            write_book(self.path, body)
         except OSError as exc:
             raise StoreError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
         self._changed = False

@@ -73,6 +73,7 @@ def write_memo(config_path: Path, conf_files: Iterable[Path], conf_dir: Path, tr
     """Record that runs stay quiet until ``until`` while the inputs stay as they are now.
     ``config_path`` is the config file as the loader resolved it. True when written."""
     from lematt.store.atomic import write_atomic
+    from lematt.store.books import remove_leftovers
     from lematt.store.layout import KEY_MODE, PRIVATE_DIR_MODE
 
     until = min(until, now + MAX_QUIET_SECONDS) - 1.0  # a second for rounding, to be sure
@@ -89,6 +90,7 @@ def write_memo(config_path: Path, conf_files: Iterable[Path], conf_dir: Path, tr
         return False
     if os.path.islink(memo_dir) or not memo_dir.is_dir():
         return False  # not lematt's: never written through
+    remove_leftovers(_memo_path(tree))
     inputs = _inputs(conf_files, conf_dir, tree)
     memo = {"format": MEMO_FORMAT, "lematt": lematt.__version__,
             "config": str(config_path), "until": until,

@@ -6,7 +6,8 @@ Contract:
   sections (``Actions.sections_for``), each once. The server name asked for is the
   endpoint's ``name`` (only lines carrying it are checked there) or the line's first name.
   The expected certificate is the stored leaf, read now; a missing or unreadable one is a
-  check that fails with what to do.
+  check that fails with what to do. ``targets(...)`` is the same list before any file is
+  read (``Target``: the check's identity), and ``check(target)`` reads one.
 - ``run_checks(checks, timeout)``: every check concurrently (at most ``PARALLEL`` sockets),
   each tried up to ``TRIES`` times within ``timeout`` seconds until the endpoint serves the
   expected leaf (services reload asynchronously); returns one ``VerifyResult`` per check,
@@ -17,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import anyio
 
@@ -43,11 +45,30 @@ class Check:
     expected: Served | None
     fingerprint: bytes = b""  # SHA-256 of the stored leaf's DER
     problem: str | None = None  # why there is no expected certificate
+    cert_name: str = ""  # the stored certificate's file name in cert/ (store.served's key)
 
 
-def checks_for(actions: Actions, lines: Sequence[CertLine], key_types: Sequence[KeyType],
-               layout: Layout, wanted: Callable[[Section], bool]) -> list[Check]:
-    checks: dict[tuple[Endpoint, str, KeyType, str], Check] = {}
+@dataclass(frozen=True)
+class Target:
+    """One check before the stored certificate is read: (endpoint, name, key type, path)
+    is its identity; ``section`` the first section that asks for it; ``line`` whose
+    certificate it is."""
+
+    endpoint: Endpoint
+    name: str
+    key_type: KeyType
+    path: str
+    section: str
+    line: CertLine
+
+    @property
+    def key(self) -> tuple[Endpoint, str, KeyType, str]:
+        return (self.endpoint, self.name, self.key_type, self.path)
+
+
+def targets(actions: Actions, lines: Sequence[CertLine], key_types: Sequence[KeyType],
+            layout: Layout, wanted: Callable[[Section], bool]) -> list[Target]:
+    found: dict[tuple[Endpoint, str, KeyType, str], Target] = {}
     for line in lines:
         for section in actions.sections_for(line.names):
             if not section.verify or not wanted(section):
@@ -58,10 +79,20 @@ def checks_for(actions: Actions, lines: Sequence[CertLine], key_types: Sequence[
                 name = endpoint.name or line.primary
                 for key_type in key_types:
                     path = str(layout.paths(line, key_type).cert)
-                    key = (endpoint, name, key_type, path)
-                    if key not in checks:
-                        checks[key] = _check(section.name, endpoint, name, key_type, path)
-    return list(checks.values())
+                    target = Target(endpoint, name, key_type, path, section.name, line)
+                    found.setdefault(target.key, target)
+    return list(found.values())
+
+
+def checks_for(actions: Actions, lines: Sequence[CertLine], key_types: Sequence[KeyType],
+               layout: Layout, wanted: Callable[[Section], bool]) -> list[Check]:
+    return [check(t) for t in targets(actions, lines, key_types, layout, wanted)]
+
+
+def check(target: Target) -> Check:
+    check = _check(target.section, target.endpoint, target.name, target.key_type,
+                   target.path)
+    return replace(check, cert_name=Path(target.path).name)
 
 
 def _check(section: str, endpoint: Endpoint, name: str, key_type: KeyType,

@@ -6,11 +6,14 @@ Contract: ``verify_stored(config, layout, reporter, names, json_path)`` checks e
 stored now; no lock (it only reads the tree). One line per check: a match with
 ``reporter.change``, anything else with ``reporter.failure``. Returns 0 when every check
 matched, 1 otherwise; with ``json_path`` also writes ``{"ok": ..., "verify": [...]}``.
+Every result is kept in ``<tree>/.verify/served.json`` (``verify.record``), for ``lematt status``
+and the metrics.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +24,7 @@ from lematt.report import Reporter
 from lematt.store.atomic import write_atomic
 from lematt.store.layout import PUBLIC_MODE, Layout
 from lematt.verify.checks import checks_for, run_checks
+from lematt.verify.record import remember
 
 
 async def verify_stored(config: Config, layout: Layout, reporter: Reporter,
@@ -40,6 +44,8 @@ async def verify_stored(config: Config, layout: Layout, reporter: Reporter,
         raise ConfigError(f"no endpoint to check: add a 'verify' list to the sections of "
                           f"{where} that deploy these certificates")
     results = await run_checks(checks, config.settings.verify_timeout)
+    for warning in remember(config, layout, checks, results, time.time()):
+        reporter.warn(warning)
     for check, result in zip(checks, results, strict=True):
         line = f"[{check.section}] verify: {result.describe()}"
         if result.matched:

@@ -305,6 +305,13 @@ def test_kill_while_verifying_leaves_the_deploy_owed(
     assert third.returncode == 0, third.stderr
     assert "retrying the pending deploy to local" in third.stdout
     assert third.stdout.count("serves the stored certificate") == 2
+    # The record of what was served converges too: the kill left the first run's mismatch
+    # (written atomically, never half), the third run's matches replace it.
+    record = json.loads((tmp_path / "test" / ".verify" / "served.json").read_text())
+    checks = [c for endpoints in record["certificates"].values() for c in endpoints.values()]
+    assert len(checks) == 2 and all(c["matched"] for c in checks)
+    assert not [p for p in (tmp_path / "test" / ".verify").iterdir()
+                if p.name != "served.json"]
 
 
 def test_starttls_tls_and_hostile_endpoints(
@@ -360,3 +367,97 @@ def test_starttls_tls_and_hostile_endpoints(
         f"tls://{ADDRESS}:{RSA_ONLY_PORT}", f"tls://{ADDRESS}:{TLS13_PORT}")]
     assert not any(r["matched"] or r["served"] for r in others)
     assert alone.stderr.count("FAILED: [default] verify:") == 8 + 2
+
+
+def served_metrics(prom: Path) -> dict[tuple[str, str], float]:
+    """(key type, endpoint) -> lematt_certificate_served_matches, parsed with
+    prometheus_client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {}
+    for family in text_string_to_metric_families(prom.read_text()):
+        for sample in family.samples:
+            if sample.name == "lematt_certificate_served_matches":
+                values[(sample.labels["key_type"], sample.labels["endpoint"])] = sample.value
+    return values
+
+
+def test_served_is_remembered_checked_once_for_two_hosts_and_shown(
+        tmp_path: Path, make_conf: MakeConf, run_lematt: RunLematt,
+        nginx: Callable[[list[str]], Nginx], sshd_host: SshdHostFactory,
+        ssh_client_kit: ClientKit) -> None:
+    name = "served.verify.test"
+    rig = nginx([name])
+    host = sshd_host("127.0.0.2")
+    ssh_host = f"[127.0.0.2]:{host.port}"
+    endpoint = f"https://{ADDRESS}:{HTTPS_PORT}"
+    prom = tmp_path / "lematt.prom"
+    record = tmp_path / "test" / ".verify" / "served.json"
+    conf = make_conf(tmp_path, f"{name}\n", extra_conf={
+        "verifyTimeout": VERIFY_TIMEOUT, "sshConfig": ssh_client_kit.ssh_config,
+        "metricsFile": prom})
+    # The section reloads on two hosts (here and over SSH), neither reload does anything.
+    actions = deploy_actions(rig, "true", [endpoint])
+    actions["update"] = ["true", {"ssh": host.alias, "run": "true"}]
+    write_actions(tmp_path, {"default": actions})
+    first = run_lematt("--test", "--config", conf, "--json", tmp_path / "run1.json")
+    assert first.returncode == 1, first.stderr
+    # One check per key type, not one per host; the failure keeps both hosts owed.
+    checks = [s for s in json.loads((tmp_path / "run1.json").read_text())["actions"]
+              if s["kind"] == "verify"]
+    assert sorted(s["verify"]["key_type"] for s in checks) == ["ec", "rsa"]
+    assert all("checked once for" in s["what"] and ssh_host in s["what"] for s in checks)
+    assert "deploy to local is pending" in first.stderr
+    assert f"deploy to {ssh_host} is pending" in first.stderr
+    summary = json.loads((tmp_path / "run1.json").read_text())
+    served = {c["key_type"]: c["served"] for c in summary["certificates"]}
+    assert {kt: s["matches"] for kt, s in served.items()} == {"rsa": False, "ec": False}
+    assert served["ec"]["endpoints"][0]["expected"]["serial"] == stored(tmp_path, name, "ec")[0]
+    assert served_metrics(prom) == {("rsa", endpoint): 0.0, ("ec", endpoint): 0.0}
+    shown = run_lematt("--test", "status", "--config", conf)
+    print(shown.stdout)  # the README's example comes from here
+    assert shown.returncode == 1
+    assert shown.stdout.count(f"MISMATCH at {endpoint}") == 2
+    assert "owed,mismatch" in shown.stdout
+    note = next(x for x in shown.stdout.splitlines() if x.startswith(f"{name} (RSA)")
+                and "did not serve" in x)
+    assert f"expected serial {stored(tmp_path, name, 'rsa')[0]}" in note
+    doc = json.loads(run_lematt("--test", "status", "--json", "--config", conf).stdout)
+    assert [c["served"]["matches"] for c in doc["certificates"]] == [False, False]
+    assert all("mismatch" in c["flags"] for c in doc["certificates"])
+
+    # A damaged record: a warning, read as not checked; `lematt verify` rewrites it.
+    record.write_text("{not json")
+    damaged = run_lematt("--test", "status", "--config", conf)
+    assert damaged.returncode == 1 and "is not lematt's record" in damaged.stdout
+    assert "MISMATCH" not in damaged.stdout
+    alone = run_lematt("--test", "verify", "--config", conf)
+    assert alone.returncode == 1 and "is not lematt's record" in alone.stderr
+    assert json.loads(record.read_text())["schema"] == "lematt-served"
+
+    # The reload fixed on one of the hosts: the next run retries both and verifies once.
+    actions["update"] = [rig.reload_command, {"ssh": host.alias, "run": "true"}]
+    write_actions(tmp_path, {"default": actions})
+    second = run_lematt("--test", "--config", conf, "--json", tmp_path / "run2.json")
+    assert second.returncode == 0, second.stderr
+    assert [c["matched"] for c in verify_steps(tmp_path / "run2.json")] == [True, True]
+    assert served_metrics(prom) == {("rsa", endpoint): 1.0, ("ec", endpoint): 1.0}
+    fine = run_lematt("--test", "status", "--config", conf)
+    assert fine.returncode == 0, fine.stdout
+    assert fine.stdout.count("matches") == 2 and "MISMATCH" not in fine.stdout
+
+    # A run with nothing to deploy checks nothing and leaves the record alone.
+    before = record.stat().st_mtime_ns, record.read_bytes()
+    third = run_lematt("--test", "--config", conf)
+    assert third.returncode == 0, third.stderr
+    assert (record.stat().st_mtime_ns, record.read_bytes()) == before
+    assert served_metrics(prom) == {("rsa", endpoint): 1.0, ("ec", endpoint): 1.0}
+
+    # The endpoint no longer listed: its record is dropped at the next save, and status
+    # no longer shows it.
+    actions["verify"] = [{"connect": f"{ADDRESS}:{HTTPS_PORT}", "name": name,
+                          "scheme": "https"}]
+    write_actions(tmp_path, {"default": actions})
+    assert run_lematt("--test", "verify", "--config", conf).returncode == 0
+    kept = json.loads(record.read_text())["certificates"]
+    assert {e for endpoints in kept.values() for e in endpoints} == {f"{endpoint} ({name})"}

@@ -120,7 +120,8 @@ def test_status_of_a_tree_that_does_not_exist_is_one_line_and_1(tmp_path: Path) 
 def test_json_is_written_as_json_dumps_would_write_the_document(tmp_path: Path) -> None:
     """status --json writes its document row by row without building it: the text is
     exactly json.dumps of the document, for every kind of row (missing, failed, owed, a
-    window with and without its URL, a profile, names beyond ASCII, odd seconds)."""
+    window with and without its URL, a profile, names beyond ASCII, odd seconds, verify
+    checks that match and that do not)."""
     import json
 
     from lematt.monitor.status import _document, _json_text
@@ -170,6 +171,16 @@ def test_json_is_written_as_json_dumps_would_write_the_document(tmp_path: Path) 
 
     rows = certificate_rows(s, lines, got, names, Kept(), Book(),  # type: ignore[arg-type]
                             {("b.example.com",): ("web1", "wëb2")}, TS)
+    from lematt.model import Served
+    from lematt.store.served import ServedCheck
+
+    stored = Served("0a1b", NOW + timedelta(days=90))
+    rows[6] = rows[6]._replace(served=(
+        ("https://web1:443", ServedCheck(TS - 60.5, "d.example.com", True, stored, stored, None)),
+        ("smtp://mx:25", ServedCheck(TS - 30, "d.example.com", False, stored,
+                                     Served("ff", NOW), "served an older one: ä"))))
+    rows[7] = rows[7]._replace(served=(("https://web1:443", ServedCheck(
+        TS, "d.example.com", False, stored, None, "connection refused")),))
     all_flags = [flags(r, TS, 14) for r in rows]
     assert rows[6].window is not None and rows[6].window.explanation_url
     for warn_days, code, warnings in ((14.0, 1, ["owed deploys unknown: \"x\""]), (3.5, 0, [])):

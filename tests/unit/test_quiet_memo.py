@@ -127,3 +127,14 @@ def test_clearing_ends_the_memo(tmp_path: Path) -> None:
     quiet.clear_memo(tree)
     assert not quiet.memo_says_quiet(files[0], True, NOW + 60)
     quiet.clear_memo(tree)  # nothing there: no error
+
+
+def test_a_write_cut_short_by_a_kill_leaves_nothing_behind_the_next_one(tmp_path: Path) -> None:
+    conf_dir, files, tree = _written(tmp_path)
+    leftover = tree / ".memo" / ".quiet.lematt-tmp-0badf00d"
+    leftover.write_text("half")
+    other = tree / ".memo" / "not-ours"
+    other.write_text("x")
+    assert quiet.write_memo(files[0], files, conf_dir, tree, NOW + 3600, NOW)
+    assert not leftover.exists() and other.exists()
+    assert quiet.memo_says_quiet(files[0], True, NOW + 60)

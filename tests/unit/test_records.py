@@ -298,11 +298,12 @@ def test_hook_environment_counts_failed_and_renewed() -> None:
 def test_a_crash_still_writes_the_summary_then_shows_the_traceback(
         tmp_path: Path, lematt_logger: object, monkeypatch: pytest.MonkeyPatch) -> None:
     from lematt import cli
+    from lematt.cli import entry
 
     def broken(*_: object) -> tuple[int, None]:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(cli, "_run_main", broken)
+    monkeypatch.setattr(entry, "_run_main", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         cli.main(["--test", "--config", str(tmp_path / "lematt.conf"),
                   "--json", str(tmp_path / "run.json")])
