@@ -7,8 +7,8 @@ one unit of work (``Job``: a line and a key type, with the reason it is due), wh
 it (``Outcome``, with a structured ``Failure``), one deploy step's result (``StepOutcome``,
 with ``VerifyResult`` for a check of what an endpoint serves)
 and a whole run (``RunResult``). ``outcome_to_json`` / ``outcome_from_json`` are the only
-codec of an outcome (order processes send it, ``--json`` writes it). Nothing here knows about
-files, the CA or hosts.
+codec of an outcome (order processes send it, ``--json`` writes it); the rest of the run
+summary's JSON is ``records.summary``'s. Nothing here knows about files, the CA or hosts.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal, NamedTuple
 
@@ -374,24 +374,6 @@ class CertRecord:
     found: Found
 
 
-# The summary's format (``--json``): raised when a field changes meaning or goes away, not
-# when one is added.
-SUMMARY_SCHEMA = 1
-
-
-def _iso(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _step_json(s: StepOutcome) -> dict[str, Any]:
-    return ({"section": s.section, "kind": s.kind, "what": s.what, "host": s.host, "ok": s.ok,
-             "error": s.failure.message if s.failure else None,
-             "failure": s.failure.to_json() if s.failure else None}
-            | ({"verify": s.verified.to_json()} if s.verified else {}))
-
-
 @dataclass
 class RunResult:
     outcomes: list[Outcome] = field(default_factory=list)
@@ -409,79 +391,3 @@ class RunResult:
     @property
     def ok(self) -> bool:
         return all(o.ok for o in self.outcomes) and all(s.ok for s in self.steps)
-
-    def _certificate_entries(self) -> list[dict[str, Any]]:
-        """Every certificate: its outcome when it had an order, else what the run knew."""
-        outcomes = {(o.job.line.lineno, o.job.key_type): o for o in self.outcomes}
-        due = {(j.line.lineno, j.key_type): j for j in self.jobs or ()}
-        entries = []
-        for record in self.certificates() if self.certificates is not None else ():
-            key = (record.line.lineno, record.key_type)
-            cert = record.found.cert
-            outcome = outcomes.pop(key, None)
-            if outcome is not None:
-                entry = outcome_to_json(outcome)
-            else:
-                job = due.get(key)
-                state = ("skipped" if job is not None else "unknown" if self.jobs is None
-                         else "current")
-                entry = {
-                    "outcome": state, "lineno": record.line.lineno,
-                    "names": list(record.line.names), "key_type": record.key_type,
-                    "reason": job.reason if job else None, "renewed": False, "new_key": False,
-                    "serial": serial_of(cert.cert_id) if cert else None,
-                    "not_after": cert.not_after.isoformat() if cert else None,
-                    "error": None, "failure": None, "profile": record.line.profile,
-                    "cert_id": (cert.cert_id or None) if cert else None,
-                }
-            if outcome is not None and not outcome.changed and cert is not None:
-                # A failed order left the stored certificate as it was.
-                entry["serial"] = serial_of(cert.cert_id)
-                entry["not_after"] = cert.not_after.isoformat()
-            entry["paths"] = {"key": record.key_path, "cert": record.cert_path}
-            checked = self.served.get(key)
-            entry["served"] = None if checked is None else {
-                "matches": all(r.matched for r in checked),
-                "endpoints": [r.to_json() for r in checked]}
-            entries.append(entry)
-        # Outcomes of certificates the run did not record (none in a normal run).
-        entries.extend(outcome_to_json(o) for o in outcomes.values())
-        return entries
-
-    def to_json(self, mode: str, pid: int, error: Failure | None = None, *,
-                exit_status: int | None = None, started: datetime | None = None,
-                finished: datetime | None = None, version: str | None = None
-                ) -> dict[str, Any]:
-        """The run summary (``--json``, README "Run summary"); ``error`` is a run-wide
-        error that stopped it (its kind ``interrupted`` for a signal)."""
-        certificates = self._certificate_entries()
-        counts: dict[str, int] = {}
-        for entry in certificates:
-            counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
-        hosts: dict[str, dict[str, Any]] = {}
-        for s in self.steps:
-            host = hosts.setdefault(s.host, {"ok": True, "seconds": None, "steps": []})
-            host["ok"] = host["ok"] and s.ok
-            host["steps"].append(_step_json(s))
-        for name, seconds in self.host_seconds.items():
-            hosts.setdefault(name, {"ok": True, "seconds": None, "steps": []})
-            hosts[name]["seconds"] = round(seconds, 3)
-        return {
-            "schema": SUMMARY_SCHEMA,
-            "lematt": version,
-            "started": _iso(started),
-            "finished": _iso(finished),
-            "mode": mode,
-            "pid": pid,
-            "exit": exit_status,
-            "ok": self.ok and error is None,
-            "interrupted": error is not None and error.kind is FailureKind.INTERRUPTED,
-            "error": error.message if error else None,
-            "failure": error.to_json() if error else None,
-            "counts": counts,
-            "certificates": certificates,
-            "deploy": {"wall_s": round(self.deploy_seconds, 3),
-                       "hosts_s": {h: round(t, 3) for h, t in self.host_seconds.items()},
-                       "hosts": hosts},
-            "actions": [_step_json(s) for s in self.steps],
-        }

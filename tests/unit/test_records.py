@@ -85,8 +85,8 @@ def test_summary_lists_every_certificate_with_its_outcome() -> None:
         host_seconds={"web1:22": 0.5, "web2:22": 0.25})
     result.certificates = lambda: [_record(lines[i], found[i].cert) for i in range(4)]
     result.jobs = jobs
-    data = result.to_json("test", 7, exit_status=1, started=NOW, finished=NOW,
-                          version="9.9")
+    data = summary.document(result, "test", 7, exit_status=1, started=NOW, finished=NOW,
+                            version="9.9")
     assert (data["schema"], data["lematt"], data["exit"], data["started"]) == (
         1, "9.9", 1, "2026-01-02T03:04:05Z")
     assert data["counts"] == {"renewed": 1, "failed": 1, "current": 1, "skipped": 1}
@@ -106,8 +106,8 @@ def test_summary_lists_every_certificate_with_its_outcome() -> None:
 def test_a_run_stopped_before_planning_says_unknown() -> None:
     result = RunResult()
     result.certificates = lambda: [_record(_line(1, "a.test"), None)]
-    data = result.to_json("prod", 1, Failure(FailureKind.INTERRUPTED, "interrupted"),
-                          exit_status=130)
+    data = summary.document(result, "prod", 1,
+                            Failure(FailureKind.INTERRUPTED, "interrupted"), exit_status=130)
     assert data["interrupted"] is True and data["ok"] is False
     assert [c["outcome"] for c in data["certificates"]] == ["unknown"]
 

@@ -16,6 +16,7 @@ from lematt.config import Settings, load
 from lematt.config.endpoints import Endpoint, parse_endpoint
 from lematt.crypto import generate_private_pem, load_private_key
 from lematt.model import RunResult, Served, StepOutcome, VerifyResult
+from lematt.records import summary
 from lematt.store.layout import Layout
 from lematt.testing.certs import LocalCA
 from lematt.verify.checks import checks_for
@@ -215,7 +216,7 @@ def test_result_lines_and_json() -> None:
                                     "connect: Connection refused")
     result = RunResult(steps=[StepOutcome("default", "verify", "local", "x", None, miss),
                               StepOutcome("default", "update", "local", "true")])
-    actions = result.to_json("test", 1)["actions"]
+    actions = summary.document(result, "test", 1)["actions"]
     assert actions[0]["verify"] == {
         "endpoint": "https://h:443", "name": "www.example.com", "key_type": "ec",
         "matched": False, "expected": {"serial": "2b", "not_after": "2026-04-02T03:04:05+00:00"},
