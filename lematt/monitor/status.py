@@ -259,21 +259,19 @@ def _json_text(rows: list[Row], all_flags: list[tuple[str, ...]], warnings: list
             window_text = (f'{{"start": {iso(window.start)}, "end": {end}, "chosen": {chosen}, '
                            f'"explanation_url": {"null" if url is None else enc(url)}}}')
         entry = row.backoff
+        backoff = "null" if entry is None else dumps({
+            "failures": entry.failures, "last_failure_at": _iso(entry.last),
+            "kind": entry.kind, "message": entry.message, "next_attempt_at": _iso(entry.until)})
+        served = "null" if row.served is None else dumps({
+            "matches": all(c.matched for _, c in row.served),
+            "endpoints": [_served_json(e, c, _iso) for e, c in row.served]})
+        problem = "null" if row.problem is None else enc(row.problem)
         append(f'{head}{kinds[row.key_type]}, "file": {enc(row.cert_name)}, "flags": '
                f'{stated[row_flags]}, "not_after": {expires}, "days_left": {left}, '
                f'"renewal": {{"due": {"true" if row.due else "false"}, "at": {at_text}, '
-               f'"why": {why}}}, "ari_window": {window_text}'
-               + f', "profile": {profile}, "problem": '
-               f'{"null" if row.problem is None else enc(row.problem)}, "backoff": '
-               + ("null" if entry is None else dumps({
-                   "failures": entry.failures, "last_failure_at": _iso(entry.last),
-                   "kind": entry.kind, "message": entry.message,
-                   "next_attempt_at": _iso(entry.until)}))
-               + f', "owed_hosts": {owed_hosts}, "served": '
-               + ("null" if row.served is None else dumps({
-                   "matches": all(c.matched for _, c in row.served),
-                   "endpoints": [_served_json(e, c, _iso) for e, c in row.served]}))
-               + "}")
+               f'"why": {why}}}, "ari_window": {window_text}, "profile": {profile}, '
+               f'"problem": {problem}, "backoff": {backoff}, "owed_hosts": {owed_hosts}, '
+               f'"served": {served}}}')
     return (f'{{"schema": {enc(SCHEMA)}, "version": {VERSION}, "generated_at": {iso(now)}, '
             f'"mode": {enc(mode)}, "tree": {enc(str(store.root))}, "tree_exists": '
             f'{dumps(tree_exists)}, "warn_days": {dumps(warn_days)}, "exit_status": '
