@@ -25,7 +25,7 @@ lifetimes (renewing at every run, or expiring first).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 
 from lematt.config import Settings
@@ -127,21 +127,13 @@ def plan(settings: Settings, lines: tuple[CertLine, ...],
     name (``store.renewal.states_for``: one state standing for all while none is due).
     ``force``: every pair of ``lines`` is due, with this reason where no rule makes it so."""
     jobs: list[Job] = []
-    states = states or {}
     now_ts = now.timestamp()
-    for line in lines:
-        for key_type in settings.key_types:
-            key = (line.lineno, key_type)
-            state = found[key]
-            kept = states.get(key)
-            if kept is None and default is not None and state.cert is not None \
-                    and state.cert.cert_id:
-                kept = default
-            reason = due_reason(settings, line, state, now, kept, now_ts) or force
-            if reason is not None:
-                cert_id = state.cert.cert_id if state.cert is not None else ""
-                jobs.append(Job(line, key_type, reason, state, replaces=cert_id or None,
-                                new_key=bool(kept is not None and kept.revoked)))
+    for line, key_type, state, kept in _pairs(settings, lines, found, states, default):
+        reason = due_reason(settings, line, state, now, kept, now_ts) or force
+        if reason is not None:
+            cert_id = state.cert.cert_id if state.cert is not None else ""
+            jobs.append(Job(line, key_type, reason, state, replaces=cert_id or None,
+                            new_key=bool(kept is not None and kept.revoked)))
     return jobs
 
 
@@ -264,8 +256,19 @@ def next_due(settings: Settings, lines: tuple[CertLine, ...],
              default: CertState | None = None) -> float:
     """The earliest ``due_at`` of every pair (the arguments as for ``plan``); infinity
     when there are none."""
+    return min((due_at(settings, line, state, kept)
+                for line, _, state, kept in _pairs(settings, lines, found, states, default)),
+               default=float("inf"))
+
+
+def _pairs(settings: Settings, lines: tuple[CertLine, ...],
+           found: Mapping[tuple[int, KeyType], Found],
+           states: Mapping[tuple[int, KeyType], CertState] | None,
+           default: CertState | None
+           ) -> Iterator[tuple[CertLine, KeyType, Found, CertState | None]]:
+    """Each pair in domains order, RSA before EC, with what is kept about it: its own
+    state, else ``default`` for a stored certificate with a certID."""
     states = states or {}
-    earliest = float("inf")
     for line in lines:
         for key_type in settings.key_types:
             key = (line.lineno, key_type)
@@ -274,5 +277,4 @@ def next_due(settings: Settings, lines: tuple[CertLine, ...],
             if kept is None and default is not None and state.cert is not None \
                     and state.cert.cert_id:
                 kept = default
-            earliest = min(earliest, due_at(settings, line, state, kept))
-    return earliest
+            yield line, key_type, state, kept
