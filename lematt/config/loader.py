@@ -22,7 +22,7 @@ from lematt.config.actions import parse_actions
 from lematt.config.domains import parse_domains
 from lematt.config.settings import parse_settings
 from lematt.config.source import read_text
-from lematt.config.types import Actions, Config, Section, Settings
+from lematt.config.types import Actions, Config, Settings
 from lematt.errors import ConfigError
 from lematt.model import CertLine
 
@@ -100,10 +100,7 @@ def _apply_must_staple(lines: list[CertLine], actions: Actions, domains_path: Pa
         return lines  # the common case: nobody asks for it, nothing to compare
     default = actions.default.ocsp_staple_required if actions.default else False
     default_label = "[default]" if actions.default else "no section (no [default])"
-    by_name: dict[str, list[Section]] = {}
-    for section in actions.overrides:
-        for name in section.domains:
-            by_name.setdefault(name, []).append(section)
+    by_name = actions.overrides_by_name()
     result = []
     for line in lines:
         seen: dict[bool, str] = {}
@@ -130,10 +127,7 @@ def _apply_profiles(lines: list[CertLine], actions: Actions, settings: Settings,
     if not settings.profile and not any(s.profile for s in sections):
         return lines
     default = (actions.default.profile if actions.default else None) or settings.profile
-    by_name: dict[str, list[Section]] = {}
-    for section in actions.overrides:
-        for name in section.domains:
-            by_name.setdefault(name, []).append(section)
+    by_name = actions.overrides_by_name()
     result = []
     for line in lines:
         seen: dict[str | None, str] = {}

@@ -172,6 +172,14 @@ class Actions:
         """Every section written: ``[default]``, the overrides, ``[every]``."""
         return tuple(s for s in (self.default, *self.overrides, self.every) if s is not None)
 
+    def overrides_by_name(self) -> dict[str, list[Section]]:
+        """Each name an override lists -> the overrides listing it, in file order."""
+        by_name: dict[str, list[Section]] = {}
+        for section in self.overrides:
+            for name in section.domains:
+                by_name.setdefault(name, []).append(section)
+        return by_name
+
     def sections_for(self, names: tuple[str, ...]) -> tuple[Section, ...]:
         """The sections a certificate with these names maps to, as the original lematt maps
         them: name by name. A name that an override lists maps the certificate to that

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,17 +16,7 @@ from pathlib import Path
 from lematt.testing.pebble import PebbleRig
 from tests.ca_front import CaFront
 from tests.e2e.conftest import MakeConf, RunLematt
-
-
-def snapshot(root: Path) -> dict[str, tuple[bytes | str, int, int]]:
-    """Every entry under ``root``: content (or link target), mode and mtime."""
-    out: dict[str, tuple[bytes | str, int, int]] = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        body: bytes | str = (os.readlink(path) if path.is_symlink() else
-                             path.read_bytes() if path.is_file() else "dir")
-        out[str(path.relative_to(root))] = (body, st.st_mode, st.st_mtime_ns)
-    return out
+from tests.trees import snapshot
 
 
 @contextlib.contextmanager

@@ -4,7 +4,6 @@ test), --only / --force / --no-deploy, --version, --help, and where lematt.conf 
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -25,6 +24,7 @@ from lematt.report import Reporter
 from lematt.store.tree import Store
 from lematt.survey import FORCED, select_lines
 from lematt.testing.certs import LocalCA
+from tests.trees import snapshot
 
 DOMAINS = "cur.plan.test www\nnew.plan.test\n"
 ACTIONS = """[default]
@@ -59,15 +59,6 @@ def store_current(conf: Path) -> Store:
     return store
 
 
-def snapshot(root: Path) -> dict[str, tuple[bytes | str, int, int]]:
-    """Every entry under ``root``: content (or link target), mode and mtime."""
-    out: dict[str, tuple[bytes | str, int, int]] = {}
-    for path in sorted(root.rglob("*")):
-        st = path.lstat()
-        body: bytes | str = (os.readlink(path) if path.is_symlink() else
-                             path.read_bytes() if path.is_file() else "dir")
-        out[str(path.relative_to(root))] = (body, st.st_mode, st.st_mtime_ns)
-    return out
 
 
 def test_plan_lists_due_certificates_steps_and_writes_nothing(
