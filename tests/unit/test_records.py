@@ -172,18 +172,8 @@ def test_the_journal_is_recognised_by_its_device_and_inode_only() -> None:
         os.close(write_end)
 
 
-@pytest.fixture
-def lematt_logger() -> object:
-    yield
-    logger = logging.getLogger("lematt")
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-        handler.close()
-    logger.propagate = True
-
-
 def test_reporter_through_the_logger_routes_streams_and_the_log_file(
-        tmp_path: Path, lematt_logger: object, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LEMATT_LOG_FORMAT", "plain")
     out, err = io.StringIO(), io.StringIO()
     log = tmp_path / "lematt.log"
@@ -207,7 +197,7 @@ def test_reporter_through_the_logger_routes_streams_and_the_log_file(
         "[TEST] FAILED: b.test"]
 
 
-def test_without_handlers_the_reporter_prints_plainly(lematt_logger: object) -> None:
+def test_without_handlers_the_reporter_prints_plainly() -> None:
     out, err = io.StringIO(), io.StringIO()
     reporter = Reporter(out=out, err=err)
     reporter.info("progress")
@@ -215,7 +205,7 @@ def test_without_handlers_the_reporter_prints_plainly(lematt_logger: object) -> 
     assert (out.getvalue(), err.getvalue()) == ("progress\n", "FAILED: x\n")
 
 
-def test_an_existing_log_file_is_appended_to(tmp_path: Path, lematt_logger: object) -> None:
+def test_an_existing_log_file_is_appended_to(tmp_path: Path) -> None:
     log = tmp_path / "lematt.log"
     log.write_text("earlier\n")
     log.chmod(0o600)
@@ -296,7 +286,7 @@ def test_hook_environment_counts_failed_and_renewed() -> None:
 
 
 def test_a_crash_still_writes_the_summary_then_shows_the_traceback(
-        tmp_path: Path, lematt_logger: object, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from lematt import cli
     from lematt.cli import entry
 

@@ -93,3 +93,12 @@ class Fault:
         with front.lock:
             self.hits += 1
         return self.change(front, request, reply)
+
+
+@dataclass
+class Case:
+    """One fault case of a parametrized test: its id, the fault, the texts lematt must say."""
+
+    id: str
+    fault: Fault
+    expect: tuple[str, ...]

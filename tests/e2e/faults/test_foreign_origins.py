@@ -10,14 +10,13 @@ front moves exactly one URL of the target's orders to a foreign origin per case.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from tests.ca_front import CaFront, Reply, Request
 from tests.e2e.faults.conftest import TARGET, RunFaults
-from tests.e2e.faults.kit import Fault, edit_json, move_header
+from tests.e2e.faults.kit import Case, Fault, edit_json, move_header
 
 OFF_ORIGIN = "not on its directory's origin"
 CLEARTEXT = "never sends requests to the CA in cleartext"
@@ -45,13 +44,6 @@ def _finalize_elsewhere(front: CaFront, order: dict[str, Any]) -> None:
 def _certificate_elsewhere(front: CaFront, order: dict[str, Any]) -> None:
     if "certificate" in order:
         order["certificate"] = front.foreign_url(order["certificate"])
-
-
-@dataclass
-class Case:
-    id: str
-    fault: Fault
-    expect: tuple[str, ...]
 
 
 CASES = [

@@ -9,14 +9,13 @@ hostile or broken CA (or what rewrites its replies) is the only source of these.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
 from tests.ca_front import CaFront
 from tests.e2e.faults.conftest import TARGET, RunFaults, Scenario
-from tests.e2e.faults.kit import ANSI, ERR, FORGED_LINE, Fault, edit_json, problem
+from tests.e2e.faults.kit import ANSI, ERR, FORGED_LINE, Case, Fault, edit_json, problem
 
 HOSTILE_TOKENS = {
     "parent directory": "../x",
@@ -65,13 +64,6 @@ def _invalid_authz(front: CaFront, authz: dict[str, Any]) -> None:
         challenge["status"] = "invalid"
         challenge["error"] = {"type": f"{ERR}unauthorized{ANSI}",
                               "detail": f"nope{FORGED_LINE}{ANSI}", "status": 403}
-
-
-@dataclass
-class Case:
-    id: str
-    fault: Fault
-    expect: tuple[str, ...]
 
 
 CASES = [
